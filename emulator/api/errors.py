@@ -1,0 +1,40 @@
+"""The one place where errors become HTTP answers: {"error": message, "code": CODE} (PROTOCOL.md §3.2, §13)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from emulator.errors import EmulatorError
+
+log = logging.getLogger(__name__)
+
+
+def error_body(message: str, code: str) -> dict[str, str]:
+    return {"error": message, "code": code}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(EmulatorError)
+    async def _emulator_error(_: Request, exc: EmulatorError) -> JSONResponse:
+        return JSONResponse(error_body(exc.message, exc.code), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse(error_body(f"Invalid request: {problems}", "BAD_REQUEST"), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "BAD_REQUEST")
+        return JSONResponse(error_body(str(exc.detail), code), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Logged with its traceback here; the client gets a message, never a stack trace.
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body(f"Internal error: {type(exc).__name__}: {exc}", "INTERNAL"), status_code=500)

@@ -1,0 +1,185 @@
+"""Pydantic models of every lifecycle wire shape (PROTOCOL.md §6, §16), field for field."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from emulator.manager.records import SandboxRecord, SnapshotRecord
+
+# ---- requests ------------------------------------------------------------------------------------
+
+_Number = float
+
+
+class _Request(BaseModel):
+    # Unknown fields are ignored (newer SDKs may send more); wrong types are a 400.
+    model_config = ConfigDict(extra="ignore")
+
+
+class GpuSpec(_Request):
+    count: StrictInt = 1
+    model: str | None = None
+
+
+class ResourcesIn(_Request):
+    cpus: _Number | None = None
+    memory_mb: StrictInt | None = None
+    disk_mb: StrictInt | None = None
+    gpus: list[GpuSpec] | None = None
+
+
+class NetworkPolicy(_Request):
+    allow_internet_access: StrictBool = True
+    allow_out: list[str] = Field(default_factory=list)
+    deny_out: list[str] = Field(default_factory=list)
+
+
+class FileSystemMount(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    file_system_id: str
+    mount_path: str
+
+
+class CreateSandboxRequest(_Request):
+    image: str | None = None
+    resources: ResourcesIn | None = None
+    timeout_secs: StrictInt | None = None
+    entrypoint: list[str] | None = None
+    network: NetworkPolicy | None = None
+    snapshot_id: str | None = None
+    name: str | None = None
+    file_systems: list[FileSystemMount] | None = None
+    auto_resume: StrictBool | None = None
+    allow_unauthenticated_access: StrictBool | None = None
+    exposed_ports: list[StrictInt] | None = None
+    max_pending_secs: StrictInt | None = None
+    wait: StrictBool | None = None
+
+
+class UpdateSandboxRequest(_Request):
+    name: str | None = None
+    allow_unauthenticated_access: StrictBool | None = None
+    exposed_ports: list[StrictInt] | None = None
+    auto_resume: StrictBool | None = None
+    network: NetworkPolicy | None = None
+    resources: ResourcesIn | None = None
+
+
+class SnapshotRequest(_Request):
+    snapshot_type: Literal["memory", "filesystem"] | None = None
+
+
+# ---- responses -----------------------------------------------------------------------------------
+
+
+class Resources(BaseModel):
+    cpus: float
+    memory_mb: int
+    disk_mb: int
+    ephemeral_disk_mb: int  # for SDKs before 0.5.163
+
+
+class SandboxInfo(BaseModel):
+    id: str
+    sandbox_id: str
+    namespace: str
+    name: str | None
+    status: str
+    pending_reason: str | None
+    image: str | None
+    resources: Resources
+    timeout_secs: int | None
+    entrypoint: list[str] | None
+    network_policy: dict[str, Any] | None
+    pool_id: str | None = None
+    outcome: str | None
+    termination_reason: str | None
+    error_details: str | None
+    created_at: int
+    started_at: int | None
+    terminated_at: int | None
+    allow_unauthenticated_access: bool
+    exposed_ports: list[int]
+    sandbox_url: str | None
+    ingress_endpoint: str | None = None
+    routing_hint: str | None = None
+    file_systems: list[dict[str, Any]]
+    auto_resume: bool
+    runtime: str
+    resource_resize: dict[str, Any] | None
+
+
+class CreateSandboxResponse(BaseModel):
+    sandbox_id: str
+    status: str
+    name: str | None
+    sandbox_url: str | None
+    ingress_endpoint: str | None = None
+    routing_hint: str | None = None
+    pending_reason: str | None
+    reason: str | None
+    termination_reason: str | None
+    error_details: str | None
+
+
+class SnapshotInfo(BaseModel):
+    id: str
+    snapshot_id: str
+    namespace: str
+    sandbox_id: str
+    base_image: str | None
+    status: str
+    snapshot_type: str
+    error: str | None
+    snapshot_uri: str | None = None
+    snapshot_format_version: str = "v1"
+    size_bytes: int | None
+    rootfs_disk_bytes: int | None = None
+    created_at: int
+
+
+class CreateSnapshotResponse(BaseModel):
+    snapshot_id: str
+    status: str
+
+
+ROUTABLE = {"running", "suspended", "suspending", "snapshotting"}
+
+
+def sandbox_url_for(rec: SandboxRecord, proxy_url: str) -> str | None:
+    return proxy_url if rec.status in ROUTABLE else None
+
+
+def sandbox_info(rec: SandboxRecord, proxy_url: str, runtime: str) -> SandboxInfo:
+    return SandboxInfo(
+        id=rec.id, sandbox_id=rec.id, namespace=rec.namespace, name=rec.name, status=rec.status,
+        pending_reason=rec.pending_reason if rec.status == "pending" else None, image=rec.image,
+        resources=Resources(cpus=rec.cpus, memory_mb=rec.memory_mb, disk_mb=rec.disk_mb,
+                            ephemeral_disk_mb=rec.disk_mb),
+        timeout_secs=rec.timeout_secs, entrypoint=rec.entrypoint, network_policy=rec.network_policy,
+        outcome=rec.outcome, termination_reason=rec.termination_reason, error_details=rec.error_details,
+        created_at=rec.created_at, started_at=rec.started_at, terminated_at=rec.terminated_at,
+        allow_unauthenticated_access=rec.allow_unauthenticated_access, exposed_ports=rec.exposed_ports,
+        sandbox_url=sandbox_url_for(rec, proxy_url), file_systems=rec.file_systems, auto_resume=rec.auto_resume,
+        runtime=runtime,
+        resource_resize=rec.resource_resize.model_dump() if rec.resource_resize else None,
+    )
+
+
+def create_response(rec: SandboxRecord, proxy_url: str, status: str | None = None) -> CreateSandboxResponse:
+    return CreateSandboxResponse(
+        sandbox_id=rec.id, status=status or rec.status, name=rec.name,
+        sandbox_url=sandbox_url_for(rec, proxy_url), pending_reason=rec.pending_reason,
+        reason=rec.termination_reason, termination_reason=rec.termination_reason,
+        error_details=rec.error_details,
+    )
+
+
+def snapshot_info(snap: SnapshotRecord) -> SnapshotInfo:
+    return SnapshotInfo(
+        id=snap.id, snapshot_id=snap.id, namespace=snap.namespace, sandbox_id=snap.sandbox_id,
+        base_image=snap.base_image, status=snap.status, snapshot_type=snap.snapshot_type, error=snap.error,
+        size_bytes=snap.size_bytes, created_at=snap.created_at,
+    )

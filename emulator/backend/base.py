@@ -1,0 +1,68 @@
+"""The runtime backend interface: the only layer that talks to a container engine.
+
+The manager depends on this protocol, never on Docker itself, so a faster checkpoint path
+(runc directly, Podman) is a different backend, not a fork of the manager.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+LABEL_PREFIX = "dev.tensorlake-emulator"
+LABEL_SANDBOX = f"{LABEL_PREFIX}.sandbox-id"
+LABEL_INSTANCE = f"{LABEL_PREFIX}.instance"
+LABEL_NAMESPACE = f"{LABEL_PREFIX}.namespace"
+LABEL_SESSION = f"{LABEL_PREFIX}.session"
+LABEL_SNAPSHOT = f"{LABEL_PREFIX}.snapshot-id"
+
+AGENT_DIR_IN_SANDBOX = "/.tle/run"
+AGENT_SCRIPT_IN_SANDBOX = "/.tle/agent.py"
+AGENT_SOCKET_NAME = "agent.sock"
+
+
+@dataclass
+class ContainerSpec:
+    sandbox_id: str
+    image: str
+    cpus: float
+    memory_mb: int
+    pids_limit: int
+    network: bool
+    agent_dir: Path
+    agent_script: Path
+    entrypoint: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ContainerState:
+    container_id: str
+    sandbox_id: str
+    running: bool
+    labels: dict[str, str]
+
+
+@dataclass
+class EngineInfo:
+    version: str
+    runtimes: list[str]
+    experimental: bool
+    host_cpus: int
+    host_memory_mb: int
+
+
+class RuntimeBackend(Protocol):
+    async def info(self) -> EngineInfo: ...
+    async def image_exists(self, image: str) -> bool: ...
+    async def create(self, spec: ContainerSpec) -> str: ...
+    async def start(self, container_id: str) -> None: ...
+    async def remove(self, container_id: str) -> None: ...
+    async def state(self, container_id: str) -> ContainerState | None: ...
+    async def list_ours(self) -> list[ContainerState]: ...
+    async def update_resources(self, container_id: str, cpus: float, memory_mb: int) -> None: ...
+    async def commit(self, container_id: str, repo: str, tag: str) -> str: ...
+    async def remove_image(self, ref: str) -> None: ...
+    async def close(self) -> None: ...

@@ -1,0 +1,202 @@
+"""Docker Engine API backend (aiodocker). The only module that creates, starts or removes containers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import aiodocker
+from aiodocker.exceptions import DockerError
+
+from emulator.backend.base import (
+    AGENT_DIR_IN_SANDBOX,
+    AGENT_SCRIPT_IN_SANDBOX,
+    AGENT_SOCKET_NAME,
+    LABEL_INSTANCE,
+    LABEL_SANDBOX,
+    ContainerSpec,
+    ContainerState,
+    EngineInfo,
+)
+from emulator.errors import BackendUnavailable, EmulatorError, ImageNotFound, RuntimeMissing
+
+log = logging.getLogger(__name__)
+MiB = 1024 * 1024
+
+# Docker's default set minus what a code sandbox never needs (raw sockets, mknod, chroot, audit,
+# file capabilities): dropped explicitly so a stock image cannot regain them.
+_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP", "NET_BIND_SERVICE"]
+
+
+class DockerBackend:
+    def __init__(self, url: str, runtime: str, instance: str) -> None:
+        self._url = url
+        self._runtime = runtime
+        self._instance = instance
+        self._docker: aiodocker.Docker | None = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self._url)
+        return self._docker
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    async def info(self) -> EngineInfo:
+        try:
+            info = await self.docker.system.info()
+            version = await self.docker.version()
+        except (DockerError, OSError) as exc:
+            raise BackendUnavailable(f"Docker engine not reachable at {self._url}: {exc}") from exc
+        return EngineInfo(
+            version=version.get("Version", "?"),
+            runtimes=sorted((info.get("Runtimes") or {}).keys()),
+            experimental=bool(info.get("ExperimentalBuild")),
+            host_cpus=int(info.get("NCPU") or 1),
+            host_memory_mb=int((info.get("MemTotal") or 0) // MiB),
+        )
+
+    async def image_exists(self, image: str) -> bool:
+        try:
+            await self.docker.images.inspect(image)
+            return True
+        except DockerError as exc:
+            if exc.status == 404:
+                return False
+            raise BackendUnavailable(f"Docker image lookup failed: {exc.message}") from exc
+
+    async def create(self, spec: ContainerSpec) -> str:
+        env = dict(spec.env)
+        if spec.entrypoint:
+            env["TLE_ENTRYPOINT"] = json.dumps(spec.entrypoint)
+        config: dict[str, Any] = {
+            "Image": spec.image,
+            "Entrypoint": ["python3", AGENT_SCRIPT_IN_SANDBOX, "--socket",
+                           f"{AGENT_DIR_IN_SANDBOX}/{AGENT_SOCKET_NAME}"],
+            "Cmd": [],
+            "Env": [f"{k}={v}" for k, v in env.items()],
+            "User": "0:0",
+            "Hostname": spec.sandbox_id[:63],
+            "Labels": {**spec.labels, LABEL_SANDBOX: spec.sandbox_id, LABEL_INSTANCE: self._instance},
+            "NetworkDisabled": not spec.network,
+            "HostConfig": {
+                "Runtime": self._runtime,
+                "NanoCpus": int(spec.cpus * 1e9),
+                "Memory": spec.memory_mb * MiB,
+                "MemorySwap": spec.memory_mb * MiB,
+                "PidsLimit": spec.pids_limit,
+                "Privileged": False,
+                "CapDrop": ["ALL"],
+                "CapAdd": _CAPS,
+                "SecurityOpt": ["no-new-privileges"],
+                "NetworkMode": "bridge" if spec.network else "none",
+                "Binds": [
+                    f"{spec.agent_dir}:{AGENT_DIR_IN_SANDBOX}",
+                    f"{spec.agent_script}:{AGENT_SCRIPT_IN_SANDBOX}:ro",
+                ],
+                "Init": False,
+            },
+        }
+        try:
+            container = await self.docker.containers.create(config, name=f"tle-{spec.sandbox_id}")
+        except DockerError as exc:
+            if exc.status == 404 and "image" in exc.message.lower():
+                raise ImageNotFound(f"Image '{spec.image}' not found locally (no registry is reachable; "
+                                    "build or load it into Docker first)") from exc
+            if "runtime" in exc.message.lower():
+                raise RuntimeMissing(f"Container runtime '{self._runtime}' is not available: {exc.message}") from exc
+            raise EmulatorError(f"Docker refused to create the container: {exc.message}") from exc
+        return container.id
+
+    async def start(self, container_id: str) -> None:
+        try:
+            await self.docker.containers.container(container_id).start()
+        except DockerError as exc:
+            if "runtime" in exc.message.lower() and "unknown" in exc.message.lower():
+                raise RuntimeMissing(f"Container runtime '{self._runtime}' is not available: {exc.message}") from exc
+            raise EmulatorError(f"Docker could not start the container: {exc.message}") from exc
+
+    async def remove(self, container_id: str) -> None:
+        try:
+            await self.docker.containers.container(container_id).delete(force=True, v=True)
+        except DockerError as exc:
+            if exc.status not in (404, 409):
+                raise BackendUnavailable(f"Docker could not remove the container: {exc.message}") from exc
+
+    async def state(self, container_id: str) -> ContainerState | None:
+        try:
+            data = await self.docker.containers.container(container_id).show()
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise BackendUnavailable(f"Docker inspect failed: {exc.message}") from exc
+        labels = data["Config"].get("Labels") or {}
+        return ContainerState(data["Id"], labels.get(LABEL_SANDBOX, ""), bool(data["State"].get("Running")), labels)
+
+    async def list_ours(self) -> list[ContainerState]:
+        filters = json.dumps({"label": [f"{LABEL_INSTANCE}={self._instance}"]})
+        try:
+            items = await self.docker.containers.list(all=True, filters=filters)
+        except DockerError as exc:
+            raise BackendUnavailable(f"Docker list failed: {exc.message}") from exc
+        out = []
+        for c in items:
+            labels = c._container.get("Labels") or {}
+            out.append(ContainerState(c.id, labels.get(LABEL_SANDBOX, ""),
+                                      c._container.get("State") == "running", labels))
+        return out
+
+    async def update_resources(self, container_id: str, cpus: float, memory_mb: int) -> None:
+        body = {"NanoCpus": int(cpus * 1e9), "Memory": memory_mb * MiB, "MemorySwap": memory_mb * MiB}
+        try:
+            await self.docker._query_json(f"containers/{container_id}/update", "POST", data=json.dumps(body))
+        except DockerError as exc:
+            raise EmulatorError(f"Docker could not resize the sandbox: {exc.message}") from exc
+
+    async def commit(self, container_id: str, repo: str, tag: str) -> str:
+        params = {"container": container_id, "repo": repo, "tag": tag, "pause": "false"}
+        try:
+            res = await self.docker._query_json("commit", "POST", params=params, data=json.dumps({}))
+        except DockerError as exc:
+            raise EmulatorError(f"Docker commit failed: {exc.message}") from exc
+        return res["Id"]
+
+    async def remove_image(self, ref: str) -> None:
+        try:
+            await self.docker.images.delete(ref, force=True)
+        except DockerError as exc:
+            if exc.status != 404:
+                log.warning("could not remove image %s: %s", ref, exc.message)
+
+    # --- checkpoints through Docker's own API (needs dockerd --experimental and CRIU) ---
+
+    async def checkpoint(self, container_id: str, name: str, leave_running: bool) -> None:
+        body = {"CheckpointID": name, "Exit": not leave_running}
+        try:
+            async with self.docker._query(f"containers/{container_id}/checkpoints", "POST",
+                                          data=json.dumps(body), headers={"Content-Type": "application/json"},
+                                          timeout=600):
+                pass
+        except DockerError as exc:
+            raise EmulatorError(f"checkpoint failed: {exc.message}") from exc
+
+    async def start_from_checkpoint(self, container_id: str, name: str) -> None:
+        try:
+            async with self.docker._query(f"containers/{container_id}/start", "POST",
+                                          params={"checkpoint": name}, timeout=600):
+                pass
+        except DockerError as exc:
+            raise EmulatorError(f"restore failed: {exc.message}") from exc
+
+    async def delete_checkpoint(self, container_id: str, name: str) -> None:
+        try:
+            async with self.docker._query(f"containers/{container_id}/checkpoints/{name}", "DELETE"):
+                pass
+        except DockerError as exc:
+            if exc.status != 404:
+                log.warning("could not delete checkpoint %s of %s: %s", name, container_id, exc.message)

@@ -1,0 +1,81 @@
+"""Typed errors of the emulator. They are mapped to HTTP answers in one place: api/errors.py."""
+
+from __future__ import annotations
+
+
+class EmulatorError(Exception):
+    status = 500
+    code = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(EmulatorError):
+    status = 400
+    code = "BAD_REQUEST"
+
+
+class NotFound(EmulatorError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class NameConflict(EmulatorError):
+    status = 409
+    code = "NAME_CONFLICT"
+
+
+class InvalidState(EmulatorError):
+    status = 409
+    code = "INVALID_STATE"
+
+
+class EphemeralSandbox(EmulatorError):
+    status = 400
+    code = "EPHEMERAL_SANDBOX"
+
+
+class NotSupported(EmulatorError):
+    status = 400
+    code = "NOT_SUPPORTED_ON_THIS_HOST"
+
+
+class ImageNotFound(EmulatorError):
+    status = 400
+    code = "IMAGE_NOT_FOUND"
+
+
+class RuntimeMissing(EmulatorError):
+    status = 400
+    code = "RUNTIME_NOT_AVAILABLE"
+
+
+class BackendUnavailable(EmulatorError):
+    """The engine could not be reached; 503 so the SDK retries and nothing was changed."""
+
+    status = 503
+    code = "BACKEND_UNAVAILABLE"
+
+
+class SandboxNotReady(EmulatorError):
+    status = 503
+    code = "SANDBOX_NOT_READY"
+
+
+class SandboxNotRunning(EmulatorError):
+    status = 503
+    code = "SANDBOX_NOT_RUNNING"
+
+
+class SandboxNotFound(EmulatorError):
+    """Proxy flavour of not-found (the dataplane's code)."""
+
+    status = 404
+    code = "SANDBOX_NOT_FOUND"
+
+
+class MissingSandboxId(EmulatorError):
+    status = 400
+    code = "MISSING_SANDBOX_ID"

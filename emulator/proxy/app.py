@@ -1,0 +1,113 @@
+"""The sandbox proxy (:9443): routes each data-plane request to its sandbox's agent (PROTOCOL.md §1.2).
+
+A raw ASGI app rather than a framework: request and response bodies are streamed chunk by chunk
+in both directions, so a 50 MB upload or an endless follow stream never sits in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from emulator.agent_client import AgentClients
+from emulator.errors import EmulatorError, MissingSandboxId, SandboxNotReady
+from emulator.manager.sandboxes import SandboxManager
+
+log = logging.getLogger(__name__)
+_HOP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te", b"trailer",
+        b"proxy-connection"}
+_RESP_HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer"}
+
+
+def routing_value(headers: dict[bytes, bytes]) -> str:
+    explicit = headers.get(b"x-tensorlake-sandbox-id")
+    if explicit:
+        return explicit.decode("latin-1").strip()
+    host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+    host = host.rsplit(":", 1)[0] if ":" in host and not host.endswith("]") else host
+    if host.endswith(".local") and len(host) > len(".local"):
+        return host[: -len(".local")]
+    raise MissingSandboxId("Missing x-tensorlake-sandbox-id header")
+
+
+class ProxyApp:
+    def __init__(self, manager: SandboxManager, agents: AgentClients) -> None:
+        self.manager = manager
+        self.agents = agents
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] == "websocket":
+            # PTY and TCP tunnels (§9, §10) are not implemented yet: refuse the upgrade cleanly.
+            await send({"type": "websocket.close", "code": 1011, "reason": "not supported by this emulator"})
+            return
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        try:
+            ident = routing_value(headers)
+            rec, sock = await self.manager.ready_for_traffic(ident)
+        except EmulatorError as exc:
+            await _send_error(send, exc.status, exc.message, exc.code)
+            return
+        await self._forward(scope, receive, send, headers, rec.id, sock)
+
+    async def _forward(self, scope: dict[str, Any], receive: Any, send: Any, headers: dict[bytes, bytes],
+                       sandbox_id: str, sock: Any) -> None:
+        client = self.agents.get(sandbox_id, sock)
+        path = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            path += b"?" + scope["query_string"]
+        fwd = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP]
+        has_body = b"content-length" in headers or b"transfer-encoding" in headers
+        request = client.build_request(
+            scope["method"], path.decode("latin-1"), headers=fwd,
+            content=_request_body(receive) if has_body else None,
+        )
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            log.info("agent of %s unreachable: %s", sandbox_id, exc)
+            err = SandboxNotReady(f"Sandbox {sandbox_id} is not answering yet: {type(exc).__name__}")
+            await _send_error(send, err.status, err.message, err.code)
+            return
+        try:
+            out_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.multi_items()
+                           if k.lower() not in _RESP_HOP]
+            await send({"type": "http.response.start", "status": response.status_code, "headers": out_headers})
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except (httpx.HTTPError, OSError) as exc:
+            # The response has started; all we can do is cut it so the client sees it end early.
+            log.info("stream from %s broke: %s", sandbox_id, exc)
+        finally:
+            await response.aclose()
+
+
+async def _request_body(receive: Any) -> AsyncIterator[bytes]:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return
+        body = msg.get("body", b"")
+        if body:
+            yield body
+        if not msg.get("more_body"):
+            return
+
+
+async def _send_error(send: Any, status: int, message: str, code: str) -> None:
+    body = json.dumps({"error": message, "code": code}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,81 @@
+"""Wires the emulator together and serves both ports from one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+from pathlib import Path
+
+import uvicorn
+
+from emulator.agent_client import AgentClients
+from emulator.api.app import build_api
+from emulator.backend.docker import DockerBackend
+from emulator.checkpoints.engine import CheckpointEngine
+from emulator.checkpoints.probe import CriuProbe
+from emulator.config import Settings
+from emulator.manager.sandboxes import SandboxManager
+from emulator.proxy.app import ProxyApp
+from emulator.store.sqlite import Store
+
+log = logging.getLogger("emulator")
+
+
+def instance_label(data_dir: Path) -> str:
+    """Containers are labelled with their emulator's data folder, so two emulators never reap each other's."""
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+
+
+class _Server(uvicorn.Server):
+    # Signals are handled once for both servers in serve(), not per server.
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        yield
+
+
+async def serve(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.data_dir / "state.sqlite3")
+    backend = DockerBackend(settings.docker_host, settings.runtime, instance_label(settings.data_dir))
+    agents = AgentClients()
+    engine = await backend.info()
+    log.info("docker engine %s, runtimes %s, experimental=%s", engine.version, engine.runtimes, engine.experimental)
+    if settings.runtime not in engine.runtimes:
+        log.warning("configured runtime %r is not installed; creates will fail with a clear error", settings.runtime)
+    docker_info = await backend.docker.system.info()
+    if settings.checkpoint_mode == "off":
+        probe = CriuProbe(False, "checkpoints are switched off (TLE_CHECKPOINT=off)")
+    else:
+        probe = await CriuProbe.run(engine.experimental)
+    log.info("checkpoints: %s", probe.reason if probe.ok else f"NOT SUPPORTED on this host: {probe.reason}")
+    checkpoints = CheckpointEngine(backend, store, settings.data_dir, Path(docker_info.get("DockerRootDir",
+                                   "/var/lib/docker")), probe)
+    await checkpoints.start()
+    manager = SandboxManager(settings, store, backend, agents, checkpoints)
+    await manager.start()
+
+    api = _Server(uvicorn.Config(build_api(settings, manager), host=settings.bind, port=settings.api_port,
+                                 log_level=settings.log_level, lifespan="off", access_log=False))
+    proxy = _Server(uvicorn.Config(ProxyApp(manager, agents), host=settings.bind, port=settings.proxy_port,
+                                   log_level=settings.log_level, lifespan="off", access_log=False,
+                                   timeout_keep_alive=75))
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        api.should_exit = proxy.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    log.info("lifecycle API on http://%s:%d, sandbox proxy on http://%s:%d (advertised as %s), data in %s",
+             settings.bind, settings.api_port, settings.bind, settings.proxy_port,
+             settings.advertised_proxy_url, settings.data_dir)
+    try:
+        await asyncio.gather(api.serve(), proxy.serve())
+    finally:
+        await manager.stop()
+        await backend.close()
+        store.close()
+        log.info("stopped")

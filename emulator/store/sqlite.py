@@ -1,0 +1,69 @@
+"""SQLite persistence of sandbox and snapshot records. This module alone owns the schema.
+
+Records are stored as JSON next to the columns we look them up by; writes go through a worker
+thread so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+from emulator.manager.records import SandboxRecord, SnapshotRecord
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, name TEXT, status TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, sandbox_id TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _exec(self, sql: str, args: tuple) -> None:
+        with self._lock:
+            self._db.execute(sql, args)
+
+    def load_sandboxes(self) -> list[SandboxRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT body FROM sandboxes").fetchall()
+        return [SandboxRecord.model_validate_json(r[0]) for r in rows]
+
+    def load_snapshots(self) -> list[SnapshotRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT body FROM snapshots").fetchall()
+        return [SnapshotRecord.model_validate_json(r[0]) for r in rows]
+
+    async def save_sandbox(self, rec: SandboxRecord) -> None:
+        await asyncio.to_thread(
+            self._exec,
+            "INSERT OR REPLACE INTO sandboxes VALUES (?, ?, ?, ?, ?)",
+            (rec.id, rec.namespace, rec.name, rec.status, rec.model_dump_json()),
+        )
+
+    async def save_snapshot(self, rec: SnapshotRecord) -> None:
+        await asyncio.to_thread(
+            self._exec,
+            "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?)",
+            (rec.id, rec.namespace, rec.sandbox_id, rec.model_dump_json()),
+        )
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await asyncio.to_thread(self._exec, "DELETE FROM snapshots WHERE id = ?", (snapshot_id,))

@@ -1,0 +1,37 @@
+"""Shared test set-up: one real emulator subprocess per test session (per xdist worker), on free ports.
+
+The SDK reads its environment once at import, so TENSORLAKE_API_URL is set here, before any test
+module imports tensorlake.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from sdk_shim.launcher import EmulatorProcess, free_port
+
+_API_PORT, _PROXY_PORT = free_port(), free_port()
+os.environ["TENSORLAKE_API_URL"] = f"http://localhost:{_API_PORT}"
+os.environ.pop("TENSORLAKE_SANDBOX_API_URL", None)
+os.environ.pop("TENSORLAKE_API_KEY", None)
+os.environ.pop("INDEXIFY_NAMESPACE", None)
+
+# Short SDK timeouts: the SDK's sync calls block in native code that pytest-timeout cannot interrupt.
+REQ_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="session")
+def emulator() -> EmulatorProcess:
+    data_dir = Path(tempfile.mkdtemp(prefix="tle-test-", dir="/tmp"))
+    proc = EmulatorProcess(data_dir=data_dir, api_port=_API_PORT, proxy_port=_PROXY_PORT).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def api_url(emulator: EmulatorProcess) -> str:
+    return emulator.api_url
