@@ -82,8 +82,8 @@ class Resources(BaseModel):
 
 
 class SandboxInfo(BaseModel):
+    # Only `id`: the SDK's Rust client treats `sandbox_id` as an alias and rejects both together.
     id: str
-    sandbox_id: str
     namespace: str
     name: str | None
     status: str
@@ -125,8 +125,7 @@ class CreateSandboxResponse(BaseModel):
 
 
 class SnapshotInfo(BaseModel):
-    id: str
-    snapshot_id: str
+    id: str  # not also `snapshot_id`: an alias of `id` for the SDK, so both would be a duplicate
     namespace: str
     sandbox_id: str
     base_image: str | None
@@ -154,7 +153,7 @@ def sandbox_url_for(rec: SandboxRecord, proxy_url: str) -> str | None:
 
 def sandbox_info(rec: SandboxRecord, proxy_url: str, runtime: str) -> SandboxInfo:
     return SandboxInfo(
-        id=rec.id, sandbox_id=rec.id, namespace=rec.namespace, name=rec.name, status=rec.status,
+        id=rec.id, namespace=rec.namespace, name=rec.name, status=rec.status,
         pending_reason=rec.pending_reason if rec.status == "pending" else None, image=rec.image,
         resources=Resources(cpus=rec.cpus, memory_mb=rec.memory_mb, disk_mb=rec.disk_mb,
                             ephemeral_disk_mb=rec.disk_mb),
@@ -179,7 +178,7 @@ def create_response(rec: SandboxRecord, proxy_url: str, status: str | None = Non
 
 def snapshot_info(snap: SnapshotRecord) -> SnapshotInfo:
     return SnapshotInfo(
-        id=snap.id, snapshot_id=snap.id, namespace=snap.namespace, sandbox_id=snap.sandbox_id,
+        id=snap.id, namespace=snap.namespace, sandbox_id=snap.sandbox_id,
         base_image=snap.base_image, status=snap.status, snapshot_type=snap.snapshot_type, error=snap.error,
         size_bytes=snap.size_bytes, created_at=snap.created_at,
     )
