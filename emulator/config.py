@@ -31,6 +31,8 @@ ENV_VARS: list[tuple[str, str, str, str]] = [
     ("TLE_STARTUP_TIMEOUT", "startup_timeout", "60", "seconds a sandbox may take to answer before it fails"),
     ("TLE_TERMINATE_ON_EXIT", "terminate_on_exit", "0", "1 = terminate every sandbox when the emulator stops"),
     ("TLE_CHECKPOINT", "checkpoint_mode", "auto", "auto, docker or off: how suspend/checkpoint dump memory"),
+    ("TLE_SESSION_LABEL", "session_label", "",
+     "label every sandbox and snapshot with this session (as the X-TLE-Session header does); set by the pytest plugin"),
 ]
 
 
@@ -51,6 +53,7 @@ class Settings:
     startup_timeout: float = 60.0
     terminate_on_exit: bool = False
     checkpoint_mode: str = "auto"
+    session_label: str = ""
 
     @property
     def advertised_proxy_url(self) -> str:

@@ -82,7 +82,7 @@ async def create_sandbox(request: Request) -> Response:
         network=req.network.model_dump() if req.network else None, name=req.name, auto_resume=req.auto_resume,
         exposed_ports=req.exposed_ports, allow_unauthenticated_access=req.allow_unauthenticated_access,
         max_pending_secs=req.max_pending_secs, snapshot_id=req.snapshot_id,
-        session_label=request.headers.get("x-tle-session"),
+        session_label=request.headers.get("x-tle-session") or request.app.state.settings.session_label or None,
     )
     if req.wait is False:
         return _json(wire.create_response(rec, proxy_url), 202)
