@@ -1,0 +1,53 @@
+"""Shared helpers for the benchmarks: an emulator subprocess, percentiles, the raw Docker baseline."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from sdk_shim.launcher import EmulatorProcess, free_port
+
+IMAGE = os.environ.get("TLE_DEFAULT_IMAGE", "tensorlake-emulator/sandbox:latest")
+BENCH_LABEL = "dev.tensorlake-emulator.bench=1"
+
+
+def start_emulator() -> EmulatorProcess:
+    """Sets TENSORLAKE_API_URL (before tensorlake is imported by the caller) and starts an emulator."""
+    api, proxy = free_port(), free_port()
+    os.environ["TENSORLAKE_API_URL"] = f"http://localhost:{api}"
+    return EmulatorProcess(data_dir=Path(tempfile.mkdtemp(prefix="tle-bench-")), api_port=api,
+                           proxy_port=proxy).start()
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def fmt(values: list[float]) -> str:
+    return (f"p50 {pct(values, 50) * 1000:7.1f} ms  p95 {pct(values, 95) * 1000:7.1f} ms  "
+            f"mean {statistics.mean(values) * 1000:7.1f} ms  (n={len(values)})")
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.system()} {platform.release()}, {cpus} cores, {mem:.0f} GiB, {time.strftime('%Y-%m-%d')}"
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def raw_docker_create_start() -> float:
+    """create+start of the same image through the Engine API (docker CLI), removed afterwards."""
+    t0 = time.perf_counter()
+    cid = docker("run", "-d", "--label", BENCH_LABEL, "--cpus", "1", "--memory", "1g", IMAGE, "sleep", "300")
+    dt = time.perf_counter() - t0
+    docker("rm", "-f", cid)
+    return dt
