@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +37,37 @@ def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of pid (clock ticks since boot), to tell a process from a later one reusing its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may contain spaces and parentheses, so split after its last ")".
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGTERM the child when the thread that started it dies (even by SIGKILL).
+
+    Only from the main thread: the signal follows the forking *thread*, so a child started from a short-lived
+    thread would be stopped as soon as that thread ended.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 def _emulator_command() -> list[str]:
     exe = shutil.which("tensorlake-emulator", path=str(Path(sys.executable).parent))
     return [exe, "serve"] if exe else [sys.executable, "-m", "emulator.cli", "serve"]
@@ -47,6 +81,14 @@ class EmulatorProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    # Sets TLE_SESSION_LABEL: every sandbox and snapshot this emulator makes carries the label.
+    session_label: str | None = None
+    # Stop the emulator (SIGTERM, so it terminates its sandboxes) when the process that started it dies.
+    die_with_parent: bool = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
 
     @property
     def api_url(self) -> str:
@@ -63,6 +105,8 @@ class EmulatorProcess:
             "TLE_DATA_DIR": str(self.data_dir), "TLE_BIND": "127.0.0.1",
             "TLE_TERMINATE_ON_EXIT": "1",
         })
+        if self.session_label:
+            env["TLE_SESSION_LABEL"] = self.session_label
         env.update(self.extra_env)
         return env
 
@@ -71,7 +115,8 @@ class EmulatorProcess:
         self.log_path = self.log_path or self.data_dir / "emulator.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(_emulator_command(), env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_die_with_parent() if self.die_with_parent else None)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
