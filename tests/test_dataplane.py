@@ -263,3 +263,26 @@ def test_seed_page_sync(emulator: EmulatorProcess) -> None:
         assert again.info().sandbox_id == named.sandbox_id
     finally:
         named.terminate()
+
+
+def test_proxy_errors_for_unknown_and_terminated(emulator: EmulatorProcess) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    def get(sid: str) -> tuple[int, dict]:
+        req = urllib.request.Request(f"{emulator.proxy_url}/api/v1/health", headers={"X-Tensorlake-Sandbox-Id": sid})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as err:
+            return err.code, json.load(err)
+
+    assert get("nope") == (404, {"error": "Sandbox not found", "code": "SANDBOX_NOT_FOUND"})
+    sb = Sandbox.create(request_timeout=T)
+    assert get(sb.sandbox_id)[0] == 200
+    sb.terminate()
+    status, body = get(sb.sandbox_id)
+    assert status == 404 and body["code"] == "SANDBOX_NOT_FOUND" and "terminated" in body["error"]
+    with pytest.raises(RemoteAPIError):
+        sb.run("true")

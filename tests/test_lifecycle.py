@@ -239,3 +239,13 @@ def test_restart_keeps_running_sandbox_and_reconciles(tmp_path) -> None:
     finally:
         Sandbox.connect(sid, api_url=url, request_timeout=T).terminate()
         emu2.stop()
+
+
+def test_missing_runtime_is_a_clear_error(tmp_path) -> None:
+    emu = EmulatorProcess(data_dir=tmp_path / "rt", extra_env={"TLE_RUNTIME": "no-such-runtime"}).start()
+    try:
+        status, body = _http("POST", f"{emu.api_url}/v1/namespaces/default/sandboxes", b"{}",
+                             {"Content-Type": "application/json"})
+        assert status == 400 and body["code"] == "RUNTIME_NOT_AVAILABLE" and "no-such-runtime" in body["error"]
+    finally:
+        emu.stop()
