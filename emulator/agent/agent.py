@@ -30,6 +30,11 @@ Environment:
 
     (counting only the lines of the stream(s) that view shows; on the combined views the marker carries
     ``"stream": "stderr"``). A single line longer than the bound is split at the bound.
+``TLE_DEFAULT_USER``
+    Optional user (same syntax as the request's ``user`` string: ``app``, ``1000``, ``1000:1000``,
+    ``app:staff``) for processes whose request names no ``user``, i.e. the image's ``USER`` when the agent
+    itself runs as root. Files and parent directories that ``PUT /api/v1/files`` creates are then owned by
+    that user too. Unset: processes run as the agent's own user and new files belong to it.
 ``TLE_MAX_FINISHED_PROCESSES``
     How many finished processes (with their output) are kept for inspection (default 1000); the oldest
     finished ones are forgotten first. Running processes are never forgotten.
@@ -90,6 +95,7 @@ EXIT_DRAIN_GRACE = 0.25
 MANAGED_STOP_GRACE = 10.0
 SHUTDOWN_GRACE = 3.0
 SSE_BATCH_BYTES = 256 * 1024
+SSE_BATCH_LINES = 5000
 
 STDOUT = 0
 STDERR = 1
@@ -99,6 +105,7 @@ AGENT_ENV_VARS = (
     "TLE_ENTRYPOINT",
     "TLE_OUTPUT_LIMIT_BYTES",
     "TLE_MAX_FINISHED_PROCESSES",
+    "TLE_DEFAULT_USER",
 )
 
 REASONS = {
@@ -131,8 +138,18 @@ def log(msg: str) -> None:
         pass
 
 
+def _clean(text: str) -> str:
+    """Make a str that may carry surrogate escapes (undecodable file names) safe for strict JSON parsers."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 class HttpError(Exception):
     def __init__(self, status: int, code: str, message: str):
+        message = _clean(message)
         super().__init__(message)
         self.status = status
         self.code = code
@@ -253,7 +270,7 @@ class Request:
         self.headers = headers
         path, _, query = target.partition("?")
         self.raw_path = path
-        self.query = parse_qs(query, keep_blank_values=True)
+        self.query = parse_qs(query, keep_blank_values=True, errors="surrogateescape")
         self.body: Body | None = None
 
     def qparam(self, name: str) -> str | None:
@@ -1353,6 +1370,7 @@ class Agent:
         os.umask(old_umask)
         self.umask = old_umask
         self.base_env = {k: v for k, v in os.environ.items() if k not in AGENT_ENV_VARS}
+        self.default_user = os.environ.get("TLE_DEFAULT_USER") or None
         self.dropped_finished = 0
 
     # -- reaping --
@@ -1379,8 +1397,9 @@ class Agent:
         env = dict(self.base_env)
         uid = gid = None
         extra = None
-        if spec.user is not None:
-            uid, gid, extra, pw = resolve_user(spec.user)
+        user = spec.user if spec.user is not None else self.default_user
+        if user is not None:
+            uid, gid, extra, pw = resolve_user(user)
             if pw is not None:
                 env["HOME"] = pw.pw_dir
                 env["USER"] = pw.pw_name
@@ -1495,6 +1514,18 @@ class Agent:
         for p in finished[: max(0, excess)]:
             self._forget(p)
             self.dropped_finished += 1
+
+    def _default_owner(self) -> tuple | None:
+        """(uid, gid) that new files should get, when TLE_DEFAULT_USER is set and the agent is root."""
+        if self.default_user is None or os.geteuid() != 0:
+            return None
+        try:
+            uid, gid, _extra, _pw = resolve_user(self.default_user)
+        except SpawnError:
+            return None
+        if uid == 0 and gid == 0:
+            return None
+        return uid, gid
 
     def lookup(self, ref: str) -> Proc:
         proc = None
@@ -1678,7 +1709,7 @@ class Agent:
                     if skipped > 0:
                         line = marker_text(skipped, buf.limit)
                         out.append(output_event(line, now_ms(), marker_stream))
-                end = buf.next_seq
+                end = min(buf.next_seq, cursor + SSE_BATCH_LINES)
                 while cursor < end and size < SSE_BATCH_BYTES:
                     s, text, ts, _cost = buf.get(cursor)
                     cursor += 1
@@ -1689,6 +1720,10 @@ class Agent:
                         size += len(ev)
                 if out:
                     await conn.chunk(b"".join(out))
+                if cursor < buf.next_seq:
+                    await asyncio.sleep(0)  # a long backlog: let other connections run between batches
+                    continue
+                if out:
                     continue
                 if cursor >= buf.next_seq and buf.closed:
                     return
@@ -1849,12 +1884,24 @@ class Agent:
             if os.path.isdir(target):
                 raise IsADirectoryError(errno.EISDIR, "is a directory")
             parent = os.path.dirname(target) or "/"
+            default_owner = self._default_owner()
+            missing = []
+            d = parent
+            while d not in ("/", "") and not os.path.lexists(d):
+                missing.append(d)
+                d = os.path.dirname(d)
             os.makedirs(parent, exist_ok=True)
+            if default_owner is not None:
+                for d in missing:
+                    try:
+                        os.chown(d, default_owner[0], default_owner[1])
+                    except OSError:
+                        pass
             try:
                 st = os.stat(target)
                 mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
             except FileNotFoundError:
-                mode, owner = 0o666 & ~umask, None
+                mode, owner = 0o666 & ~umask, default_owner
             base = os.path.basename(target)[:40]
             fd, tmp = tempfile.mkstemp(prefix=f".{base}.tle-upload-", dir=parent)
             return target, fd, tmp, mode, owner
@@ -1953,7 +2000,7 @@ class Agent:
                     is_dir = stat.S_ISDIR(est.st_mode)
                     entries.append(
                         {
-                            "name": e.name,
+                            "name": _clean(e.name),
                             "is_dir": is_dir,
                             "size": None if is_dir else est.st_size,
                             "modified_at": est.st_mtime_ns // 1_000_000,
@@ -1968,7 +2015,7 @@ class Agent:
             raise HttpError(400, "NOT_A_DIRECTORY", f"Path is not a directory: {path}") from None
         except OSError as e:
             raise _os_error(e, path) from None
-        await conn.json(200, {"path": path, "entries": entries})
+        await conn.json(200, {"path": _clean(path), "entries": entries})
 
     # -- server --
     async def _client(self, reader, writer) -> None:
@@ -2019,7 +2066,9 @@ class Agent:
             os.unlink(self.socket_path)
         except FileNotFoundError:
             pass
-        self.server = await asyncio.start_unix_server(self._client, path=self.socket_path, limit=MAX_HEAD)
+        self.server = await asyncio.start_unix_server(
+            self._client, path=self.socket_path, limit=MAX_HEAD, backlog=1024
+        )
         os.chmod(self.socket_path, 0o666)
         log(f"listening on {self.socket_path} (pid {os.getpid()}, output limit {self.output_limit} bytes)")
         self._start_entrypoint()

@@ -24,10 +24,13 @@ import httpx
 import pytest
 
 AGENT = Path(__file__).resolve().parents[2] / "emulator" / "agent" / "agent.py"
+# The agent must run on python3 >= 3.9; point this at another interpreter to check that.
+AGENT_PYTHON = os.environ.get("TLE_AGENT_TEST_PYTHON", sys.executable)
 
 
 class Agent:
-    def __init__(self, env: dict | None = None):
+    def __init__(self, env: dict | None = None, prefix: list | None = None):
+        self.prefix = prefix or []
         self.dir = tempfile.mkdtemp(prefix="tle-agent-", dir="/tmp")
         self.socket = os.path.join(self.dir, "agent.sock")
         self.workdir = os.path.join(self.dir, "work")
@@ -37,7 +40,7 @@ class Agent:
         self.log_path = os.path.join(self.dir, "agent.log")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, str(AGENT), "--socket", self.socket],
+            [*self.prefix, AGENT_PYTHON, str(AGENT), "--socket", self.socket],
             cwd=self.workdir,
             env=full_env,
             stdout=self._log,
@@ -59,10 +62,24 @@ class Agent:
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
+    def agent_pid(self) -> int:
+        """The agent's host pid (differs from self.proc.pid when it runs under `unshare --fork`)."""
+        if not self.prefix:
+            return self.proc.pid
+        kids = []
+        for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+            with open(f"/proc/{self.proc.pid}/task/{tid}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+        assert len(kids) == 1, kids
+        return kids[0]
+
+    def terminate(self) -> None:
+        os.kill(self.agent_pid(), signal.SIGTERM)
+
     def stop(self) -> None:
         self.client.close()
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
@@ -857,6 +874,77 @@ def test_sigterm_stops_children_and_exits_zero():
         assert not os.path.exists(a.socket)
     finally:
         a.stop()
+
+
+def _can_unshare() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    return r.returncode == 0
+
+
+ZOMBIE_SCAN = """
+import os
+for p in os.listdir('/proc'):
+    if p.isdigit():
+        try:
+            st = open('/proc/%s/stat' % p).read()
+        except OSError:
+            continue
+        if st.rsplit(') ', 1)[1].startswith('Z'):
+            print('zombie', st)
+"""
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs unshare --pid (root)")
+def test_as_pid1_reaps_orphans_and_shuts_down():
+    a = Agent(prefix=["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"])
+    try:
+        out, _, _, _ = run(a.client, command="sh", args=["-c", "echo $PPID"])
+        assert out == ["1"]
+        t0 = time.monotonic()
+        # the shell exits at once; its background children are orphaned to the agent (PID 1)
+        _, _, ex, _ = run(a.client, command="sh", args=["-c", "sleep 0.3 & sleep 0.3 & echo bg; exit 0"])
+        assert ex["exit_code"] == 0 and time.monotonic() - t0 < 2
+        time.sleep(0.8)
+        out, err, ex, _ = run(a.client, command=sys.executable, args=["-c", ZOMBIE_SCAN])
+        assert ex["exit_code"] == 0 and out == [] and err == []
+        start(a.client, command="sh", args=["-c", "trap '' TERM; sleep 100 & setsid sleep 100 & wait"])
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        a.terminate()
+        assert a.proc.wait(10) == 0
+        assert time.monotonic() - t0 < 6
+    finally:
+        a.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+def test_default_user_and_explicit_user():
+    import pwd
+
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' user")
+    a = Agent({"TLE_DEFAULT_USER": "nobody"})
+    d = tempfile.mkdtemp(prefix="tle-agent-user-", dir="/tmp")
+    try:
+        out, _, _, _ = run(a.client, command="sh", args=["-c", "id -u; echo $HOME"])
+        assert out == [str(nobody.pw_uid), nobody.pw_dir]
+        out, _, _, _ = run(a.client, command="id", args=["-u"], user="root")
+        assert out == ["0"]
+        out, _, _, _ = run(a.client, command="id", args=["-u"], user="1234:4321")
+        assert out == ["1234"]
+        out, _, _, _ = run(a.client, command="id", args=["-g"], user={"uid": 1234, "gid": 4321})
+        assert out == ["4321"]
+        p = os.path.join(d, "sub", "f.txt")
+        assert a.client.put("/api/v1/files", params=fparams(p), content=b"x").status_code == 204
+        assert os.stat(p).st_uid == nobody.pw_uid
+        assert os.stat(os.path.dirname(p)).st_uid == nobody.pw_uid
+    finally:
+        a.stop()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------ real SDK
