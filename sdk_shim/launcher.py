@@ -85,6 +85,8 @@ class EmulatorProcess:
     session_label: str | None = None
     # Stop the emulator (SIGTERM, so it terminates its sandboxes) when the process that started it dies.
     die_with_parent: bool = False
+    # The host name clients use (and the readiness check connects to); set TLE_BIND to match when not localhost.
+    connect_host: str = "localhost"
 
     @property
     def pid(self) -> int | None:
@@ -92,11 +94,11 @@ class EmulatorProcess:
 
     @property
     def api_url(self) -> str:
-        return f"http://localhost:{self.api_port}"
+        return f"http://{self.connect_host}:{self.api_port}"
 
     @property
     def proxy_url(self) -> str:
-        return f"http://localhost:{self.proxy_port}"
+        return f"http://{self.connect_host}:{self.proxy_port}"
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -122,7 +124,8 @@ class EmulatorProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"emulator exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if api_healthy(self.api_url, 1.0) and port_open(self.proxy_port):
+            host = "127.0.0.1" if self.connect_host == "localhost" else self.connect_host
+            if api_healthy(self.api_url, 1.0) and port_open(self.proxy_port, host):
                 return self
             time.sleep(0.1)
         self.stop()

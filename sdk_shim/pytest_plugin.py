@@ -114,11 +114,12 @@ def _target_url(config: pytest.Config) -> str | None:
     return config.getoption("--tensorlake-emulator-url") or os.environ.get("TLE_EMULATOR_URL") or None
 
 
-def _say(config: pytest.Config) -> Any:
-    def say(msg: str) -> None:
-        log.warning("%s", msg)
+def _warn(msg: str) -> None:
+    log.warning("%s", msg)
 
-    return say
+
+def _info(msg: str) -> None:
+    log.info("%s", msg)
 
 
 @pytest.fixture(scope="session")
@@ -127,9 +128,8 @@ def tensorlake_emulator(request: pytest.FixtureRequest) -> Iterator[TensorlakeEm
 
     config = request.config
     plan = config.stash[_PLAN]
-    say = _say(config)
     with contextlib.suppress(Exception):  # a failed reap must not fail the new session
-        sessions.reap_dead_sessions(progress=say)
+        sessions.reap_dead_sessions(progress=_warn)
     session = sessions.Session(sessions.new_label(plan.worker))
     namespace = os.environ.get("INDEXIFY_NAMESPACE") or "default"
     timeout = float(config.getini("tensorlake_emulator_request_timeout"))
@@ -150,7 +150,7 @@ def tensorlake_emulator(request: pytest.FixtureRequest) -> Iterator[TensorlakeEm
                                      mode="reused", target_url=target.rstrip("/"), request_timeout=timeout)
         else:
             if target:
-                say(f"[tensorlake-emulator] nothing answers at {target}; starting an emulator for this session")
+                _warn(f"[tensorlake-emulator] nothing answers at {target}; starting an emulator for this session")
             data_dir = Path(tempfile.mkdtemp(prefix=f"tle-pytest-{plan.worker or 'main'}-"))
             (data_dir / sessions.DATA_DIR_MARKER).write_text(session.label + "\n")
             proc = EmulatorProcess(data_dir=data_dir, api_port=plan.api_port, proxy_port=plan.proxy_port,
@@ -169,7 +169,7 @@ def tensorlake_emulator(request: pytest.FixtureRequest) -> Iterator[TensorlakeEm
         if proc is not None:
             proc.stop()
         # Everything the session made goes: terminate what is left, delete its snapshots, remove its folder.
-        sessions.reap(session.record, progress=say)
+        sessions.reap(session.record, progress=_info)
         session.close()
 
 
