@@ -194,6 +194,25 @@ async def delete_snapshot(request: Request, snapshot_id: str) -> Response:
     return Response(status_code=200)
 
 
+@router.post("/sandboxes/{ident}/copy")
+async def copy_sandbox(request: Request, ident: str) -> JSONResponse:
+    mgr = _mgr(request)
+    rec = mgr.lookup(_ns(request), ident)
+    raw = request.query_params.get("times", "1")
+    try:
+        times = int(raw)
+    except ValueError as exc:
+        raise BadRequest(f"times must be an integer; got {raw!r}") from exc
+    try:
+        budget = float(request.headers.get("x-tensorlake-request-timeout-ms", "300000")) / 1000
+    except ValueError:
+        budget = 300.0
+    copies = await mgr.copy(rec, times, timeout=max(1.0, min(budget - 1.0, 120.0)))
+    proxy_url = request.app.state.settings.advertised_proxy_url
+    return JSONResponse({"source_sandbox_id": rec.id,
+                         "sandboxes": [wire.create_response(c, proxy_url).model_dump(mode="json") for c in copies]})
+
+
 # ---- what has no local equivalent ----------------------------------------------------------------
 
 

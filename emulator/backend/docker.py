@@ -14,6 +14,7 @@ from emulator.backend.base import (
     AGENT_SCRIPT_IN_SANDBOX,
     AGENT_SOCKET_NAME,
     LABEL_INSTANCE,
+    LABEL_PREFIX,
     LABEL_SANDBOX,
     ContainerSpec,
     ContainerState,
@@ -23,6 +24,7 @@ from emulator.errors import BackendUnavailable, EmulatorError, ImageNotFound, Ru
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
+LABEL_CANARY = f"{LABEL_PREFIX}.canary"
 
 # Docker's default set minus what a code sandbox never needs (raw sockets, mknod, chroot, audit,
 # file capabilities): dropped explicitly so a stock image cannot regain them.
@@ -198,5 +200,80 @@ class DockerBackend:
             async with self.docker._query(f"containers/{container_id}/checkpoints/{name}", "DELETE"):
                 pass
         except DockerError as exc:
-            if exc.status != 404:
+            if exc.status != 404 and "does not exist" not in exc.message:
                 log.warning("could not delete checkpoint %s of %s: %s", name, container_id, exc.message)
+
+    async def pause(self, container_id: str) -> None:
+        try:
+            await self.docker.containers.container(container_id).pause()
+        except DockerError as exc:
+            raise EmulatorError(f"could not pause the sandbox: {exc.message}") from exc
+
+    async def unpause(self, container_id: str) -> None:
+        try:
+            await self.docker.containers.container(container_id).unpause()
+        except DockerError as exc:
+            if exc.status != 409:  # 409: not paused
+                raise EmulatorError(f"could not unpause the sandbox: {exc.message}") from exc
+
+    async def list_paused_ours(self) -> list[str]:
+        filters = json.dumps({"label": [f"{LABEL_INSTANCE}={self._instance}"], "status": ["paused"]})
+        try:
+            items = await self.docker.containers.list(all=True, filters=filters)
+        except DockerError as exc:
+            raise BackendUnavailable(f"Docker list failed: {exc.message}") from exc
+        return [c.id for c in items]
+
+    async def prune_dangling_ours(self) -> int:
+        """Remove untagged images that carry our label (deleted snapshots once no container uses them)."""
+        filters = json.dumps({"dangling": ["true"], "label": [f"{LABEL_INSTANCE}={self._instance}"]})
+        try:
+            images = await self.docker.images.list(filters=filters)
+        except DockerError:
+            return 0
+        removed = 0
+        for img in images:
+            try:
+                await self.docker.images.delete(img["Id"], noprune=False)
+                removed += 1
+            except DockerError:
+                pass  # still used by a sandbox restored from it; a later sweep gets it
+        return removed
+
+    async def image_size(self, ref: str) -> int | None:
+        """Bytes the image adds on top of its parent (a committed snapshot's filesystem diff)."""
+        try:
+            data = await self.docker.images.inspect(ref)
+        except DockerError:
+            return None
+        parent = data.get("Parent")
+        size = int(data.get("Size") or 0)
+        if parent:
+            try:
+                size -= int((await self.docker.images.inspect(parent)).get("Size") or 0)
+            except DockerError:
+                pass
+        return max(size, 0)
+
+    async def run_canary(self, image: str, command: list[str]) -> str:
+        """Create and start a tiny labelled container (the CRIU start-up probe); returns its id."""
+        config = {
+            "Image": image, "Entrypoint": command, "Cmd": [],
+            "Labels": {LABEL_INSTANCE: self._instance, LABEL_CANARY: "1"},
+            "NetworkDisabled": True,
+            "HostConfig": {"Runtime": self._runtime, "NetworkMode": "none", "Memory": 64 * MiB,
+                           "MemorySwap": 64 * MiB, "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"]},
+        }
+        try:
+            container = await self.docker.containers.create(config)
+            await container.start()
+        except DockerError as exc:
+            raise EmulatorError(f"could not start the CRIU canary container: {exc.message}") from exc
+        return container.id
+
+    async def logs(self, container_id: str) -> str:
+        try:
+            lines = await self.docker.containers.container(container_id).log(stdout=True, stderr=True)
+        except DockerError:
+            return ""
+        return "".join(lines)

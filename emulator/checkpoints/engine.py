@@ -1,8 +1,22 @@
 """Checkpoints: suspend (dump and stop), resume (restore in place), snapshots (dump with the
 sandbox left running plus a commit of its filesystem) and restores of snapshots into new sandboxes.
 
-This engine drives CRIU through Docker's checkpoint API (dockerd --experimental). Snapshots live
-under <data>/snapshots/<id>/ with their metadata in the store, so they survive restarts.
+The engine owns the records, the ordering and the files; how a dump is made and restored is a
+*mechanism* (emulator/checkpoints/mechanisms.py), chosen with TLE_CHECKPOINT. Snapshots live under
+<data>/snapshots/<id>/ (the CRIU dump in checkpoint/) with their metadata in the store, and a
+committed image `tensorlake-emulator/snapshot:<id>` for the filesystem, so they survive restarts.
+
+Ordering of a memory snapshot: the container is frozen (cgroup freezer, `docker pause`) first,
+then its filesystem is committed and its memory dumped, then it is thawed. The files in the image
+and the open-file sizes CRIU records therefore come from the same instant: CRIU refuses to restore
+a process whose open file changed size between dump and restore, which a dump-then-commit order
+gets as soon as a process is writing.
+
+Connections: CRIU cannot dump a unix stream socket whose peer is outside the container, so the
+manager closes the proxy's connections to the agent before any dump, and the proxy holds new data
+plane requests while a dump runs. An open `follow` stream is such a connection too: it is cut when
+a memory dump starts (the SDK's follow call returns early); following again after the resume or
+restore replays the whole output, which lives in the agent's memory and so survives the dump.
 """
 
 from __future__ import annotations
@@ -11,11 +25,13 @@ import asyncio
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from emulator.backend.base import LABEL_SNAPSHOT, ContainerSpec
 from emulator.backend.docker import DockerBackend
+from emulator.checkpoints.mechanisms import DockerMechanism, Mechanism
 from emulator.checkpoints.probe import CriuProbe
 from emulator.errors import BadRequest, EmulatorError, NotFound, NotSupported
 from emulator.manager.ids import new_snapshot_id
@@ -25,9 +41,11 @@ from emulator.store.sqlite import Store
 log = logging.getLogger(__name__)
 SNAPSHOT_REPO = "tensorlake-emulator/snapshot"
 SUSPEND_NAME = "suspend"
+# A trivial process tree for the start-up probe: a shell loop with a child, no network.
+CANARY_CMD = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i >/tmp/canary; sleep 0.05; done"]
 
 
-def _dir_size(path: Path) -> int:
+def dir_size(path: Path) -> int:
     total = 0
     for root, _, files in os.walk(path):
         for f in files:
@@ -40,12 +58,15 @@ def _dir_size(path: Path) -> int:
 
 class CheckpointEngine:
     def __init__(self, backend: DockerBackend, store: Store, data_dir: Path, docker_root: Path,
-                 probe: CriuProbe) -> None:
+                 probe: CriuProbe, mechanism: Mechanism | None = None, canary_image: str | None = None) -> None:
         self.backend = backend
         self.store = store
         self.dir = data_dir / "snapshots"
         self.docker_root = docker_root
         self.probe = probe
+        self.mechanism: Mechanism = mechanism or DockerMechanism(backend, docker_root)
+        self.canary_image = canary_image
+        self.canary: dict[str, Any] | None = None
         self._snapshots: dict[str, SnapshotRecord] = {}
 
     async def start(self) -> None:
@@ -54,6 +75,45 @@ class CheckpointEngine:
                 snap.status, snap.error = "failed", "the emulator stopped while this snapshot was being taken"
                 await self.store.save_snapshot(snap)
             self._snapshots[snap.id] = snap
+        # A snapshot cut off by a stop may have left its sandbox frozen.
+        for cid in await self.backend.list_paused_ours():
+            log.info("thawing container %s left paused by an interrupted snapshot", cid[:12])
+            await self.backend.unpause(cid)
+        await self.backend.prune_dangling_ours()
+        if self.probe.ok:
+            await self.run_canary()
+
+    async def run_canary(self) -> None:
+        """Dump and restore a tiny container once, so 'criu check' passing is not taken on trust."""
+        image = self.canary_image
+        if image is None:
+            from emulator.config import Settings
+            image = Settings.from_env().default_image
+        t0 = time.monotonic()
+        cid = None
+        try:
+            if not await self.backend.image_exists(image):
+                raise EmulatorError(f"canary image {image} is missing")
+            cid = await self.backend.run_canary(image, CANARY_CMD)
+            await asyncio.sleep(0.2)
+            await self.mechanism.dump_stop(cid, "canary")
+            await self.mechanism.restore_in_place(cid, "canary")
+            await asyncio.sleep(0.2)
+            state = await self.backend.state(cid)
+            if state is None or not state.running:
+                raise EmulatorError("the restored canary did not keep running")
+            secs = round(time.monotonic() - t0, 2)
+            self.canary = {"ok": True, "seconds": secs}
+            self.probe.reason = f"{self.probe.reason}; canary dump+restore ({self.mechanism.name}) passed in {secs}s"
+            log.info("checkpoints: CRIU canary dump+restore through %s passed in %.2fs", self.mechanism.name, secs)
+        except EmulatorError as exc:
+            self.canary = {"ok": False, "error": exc.message}
+            self.probe.ok = False
+            self.probe.reason = f"the CRIU canary (dump and restore of a tiny container) failed: {exc.message}"
+            log.warning("checkpoints: NOT SUPPORTED on this host: %s", self.probe.reason)
+        finally:
+            if cid is not None:
+                await self.backend.remove(cid)
 
     @property
     def memory_available(self) -> bool:
@@ -65,18 +125,21 @@ class CheckpointEngine:
 
     # ---- suspend / resume in place ------------------------------------------------------------
 
-    def _docker_checkpoint_dir(self, container_id: str, name: str) -> Path:
-        return self.docker_root / "containers" / container_id / "checkpoints" / name
-
     async def suspend(self, rec: SandboxRecord) -> None:
         assert rec.container_id
-        await self.backend.checkpoint(rec.container_id, SUSPEND_NAME, leave_running=False)
+        try:
+            await self.mechanism.dump_stop(rec.container_id, SUSPEND_NAME)
+        except EmulatorError as first:
+            # A connection the agent had not yet closed when the dump started makes CRIU refuse
+            # (external unix socket peer); by now it is gone, so one retry settles it.
+            log.info("suspend dump of %s failed, retrying once: %s", rec.id, first.message)
+            await asyncio.sleep(0.5)
+            await self.mechanism.dump_stop(rec.container_id, SUSPEND_NAME)
         rec.suspend_checkpoint = SUSPEND_NAME
 
     async def resume(self, rec: SandboxRecord) -> None:
         assert rec.container_id and rec.suspend_checkpoint
-        await self.backend.start_from_checkpoint(rec.container_id, rec.suspend_checkpoint)
-        await self.backend.delete_checkpoint(rec.container_id, rec.suspend_checkpoint)
+        await self.mechanism.restore_in_place(rec.container_id, rec.suspend_checkpoint)
         rec.suspend_checkpoint = None
 
     async def discard_suspend(self, rec: SandboxRecord) -> None:
@@ -122,47 +185,62 @@ class CheckpointEngine:
 
     async def take_snapshot(self, rec: SandboxRecord, snap: SnapshotRecord) -> None:
         assert rec.container_id
+        cid = rec.container_id
+        tag = snap.id.replace("_", "-")
+        dump = self.dir / snap.id / "checkpoint"
         try:
-            tag = snap.id.replace("_", "-")
             if snap.snapshot_type == "memory":
-                # Dump first, then commit: the commit pauses the container, so files match the memory
-                # image as closely as Docker allows.
-                await self.backend.checkpoint(rec.container_id, snap.id, leave_running=True)
-                src = self._docker_checkpoint_dir(rec.container_id, snap.id)
-                dst = self.dir / snap.id / "checkpoint"
-                await asyncio.to_thread(self._move_tree, src, dst)
-                await self.backend.delete_checkpoint(rec.container_id, snap.id)
-                snap.checkpoint_dir = str(dst)
-            await self.backend.commit(rec.container_id, SNAPSHOT_REPO, tag)
-            snap.image_ref = f"{SNAPSHOT_REPO}:{tag}"
-            snap.size_bytes = await asyncio.to_thread(_dir_size, self.dir / snap.id) if snap.checkpoint_dir else 0
+                await self.backend.pause(cid)
+                try:
+                    await self.backend.commit(cid, SNAPSHOT_REPO, tag)
+                    snap.image_ref = f"{SNAPSHOT_REPO}:{tag}"
+                    try:
+                        await self.mechanism.dump_running(cid, snap.id, dump)
+                    except EmulatorError as first:
+                        log.info("snapshot dump of %s failed, retrying once: %s", rec.id, first.message)
+                        await asyncio.sleep(0.5)
+                        await self.mechanism.dump_running(cid, snap.id, dump)
+                finally:
+                    await self.backend.unpause(cid)
+                snap.checkpoint_dir = str(dump)
+            else:
+                await self.backend.commit(cid, SNAPSHOT_REPO, tag)  # Docker pauses around the commit
+                snap.image_ref = f"{SNAPSHOT_REPO}:{tag}"
             snap.status = "local_ready"
+            await self.store.save_snapshot(snap)
+            dump_bytes = await asyncio.to_thread(dir_size, dump) if snap.checkpoint_dir else 0
+            rootfs = await self.backend.image_size(snap.image_ref)
+            snap.size_bytes = dump_bytes + (rootfs or 0)
+            # Stored on this host's disk (store, image store, dump folder): as durable as it gets
+            # locally, so `checkpoint(wait_until="completed")` finishes too.
+            snap.status = "completed"
         except EmulatorError as exc:
             snap.status, snap.error = "failed", exc.message
         except OSError as exc:
             snap.status, snap.error = "failed", f"could not store the snapshot: {exc}"
+        if snap.status == "failed":
+            log.warning("snapshot %s of %s failed: %s", snap.id, rec.id, snap.error)
+            await asyncio.to_thread(shutil.rmtree, self.dir / snap.id, True)
+            if snap.image_ref:
+                await self.backend.remove_image(snap.image_ref)
+                snap.image_ref = None
         await self.store.save_snapshot(snap)
 
-    @staticmethod
-    def _move_tree(src: Path, dst: Path) -> None:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists():
-            shutil.rmtree(dst)
-        shutil.copytree(src, dst, symlinks=True)
-
     async def restore_new(self, snap: SnapshotRecord, spec: ContainerSpec) -> str:
-        assert snap.image_ref
+        if snap.image_ref is None or (snap.snapshot_type == "memory" and snap.checkpoint_dir is None):
+            raise EmulatorError(f"Snapshot {snap.id} has no stored content")
         spec.image = snap.image_ref
         spec.labels[LABEL_SNAPSHOT] = snap.id
         cid = await self.backend.create(spec)
-        if snap.snapshot_type == "memory":
-            assert snap.checkpoint_dir
-            await asyncio.to_thread(self._move_tree, Path(snap.checkpoint_dir),
-                                    self._docker_checkpoint_dir(cid, snap.id))
-            await self.backend.start_from_checkpoint(cid, snap.id)
-            await self.backend.delete_checkpoint(cid, snap.id)
-        else:
-            await self.backend.start(cid)
+        try:
+            if snap.snapshot_type == "memory":
+                assert snap.checkpoint_dir
+                await self.mechanism.restore_new(cid, snap.id, Path(snap.checkpoint_dir))
+            else:
+                await self.backend.start(cid)
+        except BaseException:
+            await self.backend.remove(cid)
+            raise
         return cid
 
     async def delete_snapshot(self, snap: SnapshotRecord) -> None:
@@ -170,11 +248,16 @@ class CheckpointEngine:
         self._snapshots.pop(snap.id, None)
         await self.store.delete_snapshot(snap.id)
         if snap.image_ref:
+            # Sandboxes restored from it keep running on its layers: the tag goes now, the layers
+            # when the last of them is gone (swept here and at start-up).
             await self.backend.remove_image(snap.image_ref)
+        await self.backend.prune_dangling_ours()
         await asyncio.to_thread(shutil.rmtree, self.dir / snap.id, True)
 
     def describe(self) -> dict[str, Any]:
-        return {"criu": self.probe.ok, "criu_detail": self.probe.reason, "mechanism": "docker-checkpoint"}
+        return {"criu": self.probe.ok, "criu_detail": self.probe.reason, "criu_version": self.probe.version,
+                "mechanism": self.mechanism.name, "canary": self.canary,
+                "memory_snapshots": self.probe.ok, "filesystem_snapshots": True}
 
 
 __all__ = ["CheckpointEngine", "EmulatorError"]

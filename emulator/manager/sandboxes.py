@@ -236,6 +236,10 @@ class SandboxManager:
                     rec.container_id = await self.backend.create(self._spec(rec, rec.image))
                     await self.store.save_sandbox(rec)
                     await self.backend.start(rec.container_id)
+                if rec.status != "pending":
+                    # Terminated (cancelled) while the container was being made: do not leak it.
+                    await self.backend.remove(rec.container_id)
+                    return
                 await self.store.save_sandbox(rec)
                 if not await self.agents.wait_healthy(rec.id, sock, self.settings.startup_timeout):
                     raise EmulatorError(f"the sandbox agent did not answer within {self.settings.startup_timeout}s "
@@ -361,7 +365,11 @@ class SandboxManager:
 
     async def _do_suspend(self, rec: SandboxRecord) -> None:
         async with self._lock(rec.id):
+            if rec.status != "suspending":
+                return  # terminated meanwhile
             try:
+                # CRIU cannot dump a unix socket connected to the host: drop the proxy's pool first
+                # (an open follow stream is cut here; following again after resume replays it all).
                 await self.agents.close(rec.id)
                 await self.checkpoints.suspend(rec)
                 rec.status, rec.deadline_ms = "suspended", None
@@ -384,14 +392,15 @@ class SandboxManager:
         return self._spawn(self._do_resume(rec), f"resume-{rec.id}")
 
     def _resume_tasks_get(self, rec: SandboxRecord) -> asyncio.Task[None] | None:
-        for t in self._tasks:
-            if t.get_name() == f"resume-{rec.id}":
-                return t
-        return None
+        return self._task_named(f"resume-{rec.id}")
 
     async def _do_resume(self, rec: SandboxRecord) -> None:
         async with self._lock(rec.id):
+            if rec.status != "pending":
+                return  # terminated meanwhile
             try:
+                # The agent's listening socket is re-created by the restore; a stale file is in the way.
+                self.socket_path(rec.id).unlink(missing_ok=True)
                 await self.checkpoints.resume(rec)
                 ok = await self.agents.wait_healthy(rec.id, self.socket_path(rec.id), 15)
                 if not ok:
@@ -426,8 +435,38 @@ class SandboxManager:
                         rec.status = "running"
                         await self.store.save_sandbox(rec)
 
-        self._spawn(run(), f"snapshot-{snap.id}")
+        self._spawn(run(), f"snapshot-{rec.id}")
         return snap
+
+    def _task_named(self, name: str) -> asyncio.Task[Any] | None:
+        for t in self._tasks:
+            if t.get_name() == name and not t.done():
+                return t
+        return None
+
+    async def copy(self, rec: SandboxRecord, times: int, timeout: float) -> list[SandboxRecord]:
+        """`copy(times=N)`: a snapshot of the sandbox (memory where CRIU works), restored N times."""
+        if times < 1 or times > 32:
+            raise BadRequest(f"times must be between 1 and 32; got {times}")
+        snap = await self.snapshot(rec, None)
+        task = self._task_named(f"snapshot-{rec.id}")
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout)
+        if snap.status not in ("local_ready", "completed"):
+            raise EmulatorError(f"copy of {rec.id} failed: snapshot {snap.id} is {snap.status}"
+                                + (f": {snap.error}" if snap.error else ""))
+        copies = []
+        for _ in range(times):
+            copies.append(await self.create(
+                rec.namespace, image=None, cpus=None, memory_mb=None, disk_mb=None, timeout_secs=None,
+                entrypoint=None, network=None, name=None, auto_resume=None, exposed_ports=None,
+                allow_unauthenticated_access=None, max_pending_secs=None, snapshot_id=snap.id,
+                session_label=rec.session_label))
+        await asyncio.gather(*(self.wait_started(c, timeout) for c in copies))
+        # The copies own their dumps and image layers now; the intermediate snapshot is not kept.
+        if all(c.status != "pending" for c in copies):
+            await self.checkpoints.delete_snapshot(snap)
+        return copies
 
     # ---- proxy support -----------------------------------------------------------------------
 
@@ -443,19 +482,28 @@ class SandboxManager:
     async def ready_for_traffic(self, ident: str) -> tuple[SandboxRecord, Path]:
         """The sandbox a data-plane request goes to, waking it first when auto_resume allows."""
         rec = self.resolve_route(ident)
-        if rec.status in ("running", "snapshotting"):
+        if rec.status == "snapshotting":
+            # A new connection into the agent would break the dump: hold the request until it ends.
+            task = self._task_named(f"snapshot-{rec.id}")
+            if task is not None:
+                await asyncio.wait({task}, timeout=2.5)
+            if rec.status == "snapshotting":
+                raise SandboxNotReady(f"Sandbox {rec.id} is being checkpointed")
+        if rec.status == "running":
             return rec, self.socket_path(rec.id)
-        if rec.status == "suspended" and rec.auto_resume:
+        resuming = rec.status == "pending" and rec.suspend_checkpoint is not None
+        if (rec.status == "suspended" and rec.auto_resume) or resuming:
             task = await self.resume(rec)
             if task is not None:
-                await asyncio.wait({task}, timeout=2.0)
+                await asyncio.wait({task}, timeout=2.5)
             if rec.status == "running":
                 return rec, self.socket_path(rec.id)
             raise SandboxNotReady(f"Sandbox {rec.id} is resuming")
         if rec.status == "pending" or (rec.status == "suspending" and rec.auto_resume):
             raise SandboxNotReady(f"Sandbox {rec.id} is not ready yet (state: {rec.status})")
         if rec.status == "terminated":
-            raise SandboxNotFound("Sandbox not found")
+            # 404, not 503: the SDK would retry a 503 for seconds, and a terminated sandbox never returns.
+            raise SandboxNotFound(f"Sandbox {rec.id} is terminated ({rec.termination_reason})")
         raise SandboxNotRunning(f"Sandbox not running (state: {rec.status})")
 
     # ---- timeouts ----------------------------------------------------------------------------
@@ -470,9 +518,10 @@ class SandboxManager:
 
     async def reap_once(self, now: float) -> None:
         for rec in list(self._sandboxes.values()):
-            if rec.status == "pending" and rec.max_pending_secs is not None and rec.id in self._ready:
-                if now - rec.created_at > rec.max_pending_secs * 1000 + 1000 * self.settings.startup_timeout:
-                    await self._terminate(rec, "no_capacity", "Failure(NoCapacity)")
+            if (rec.status == "pending" and rec.max_pending_secs is not None and rec.id in self._ready
+                    and now - rec.created_at > rec.max_pending_secs * 1000):
+                await self._terminate(rec, "no_capacity", "Failure(NoCapacity)",
+                                      error_details=f"not running within max_pending_secs={rec.max_pending_secs}")
             if rec.status != "running" or rec.deadline_ms is None or rec.deadline_ms > now:
                 continue
             if rec.name and self.checkpoints.memory_available:

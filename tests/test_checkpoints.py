@@ -1,0 +1,444 @@
+"""Suspend, resume and checkpoint through CRIU (issue 5), with the real SDK against a real emulator.
+
+Every SDK call carries a short timeout: the sync SDK blocks in native code that pytest-timeout
+cannot interrupt, so a server bug must fail the call, not hang the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from tensorlake.sandbox import AsyncSandbox, CheckpointType, Sandbox
+from tensorlake.sandbox.exceptions import RemoteAPIError, SandboxError
+
+from sdk_shim.launcher import EmulatorProcess, free_port
+
+T = 60.0  # request_timeout of creates and connects
+W = 60.0  # timeout of suspend / resume / checkpoint
+
+pytestmark = pytest.mark.timeout(300)
+
+# A counter that proves continuity: it prints consecutive numbers and a token drawn once at start,
+# holds that token (and 20 MB) in memory, and appends each number to a file.
+COUNTER = """
+import os, sys, time
+token = os.urandom(8).hex()
+blob = bytearray(20 * 1024 * 1024)
+i = 0
+f = open('/tmp/counter.txt', 'a')
+while True:
+    i += 1
+    print(f'{token} {i}', flush=True)
+    f.write(f'{i}\\n'); f.flush()
+    time.sleep(0.05)
+"""
+
+# A writer that appends fixed-size records as fast as it can: a checkpoint lands mid-stream.
+WRITER = """
+import os
+fd = os.open('/tmp/stream.txt', os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+i = 0
+while True:
+    i += 1
+    os.write(fd, b'%09d\\n' % i)
+"""
+
+
+def _uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def _http(method: str, url: str) -> tuple[int, object]:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def _container_running(sandbox_id: str) -> bool | None:
+    out = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", f"tle-{sandbox_id}"],
+                         capture_output=True, text=True)
+    return None if out.returncode else out.stdout.strip() == "true"
+
+
+def _counter_lines(sb: Sandbox, pid: int) -> list[tuple[str, int]]:
+    lines = [ln.split() for ln in sb.get_stdout(pid).lines if ln.strip()]
+    return [(tok, int(n)) for tok, n in lines]
+
+
+def _assert_contiguous(values: list[tuple[str, int]]) -> None:
+    assert values, "no output"
+    tokens = {t for t, _ in values}
+    assert len(tokens) == 1, f"the counter restarted (tokens {tokens})"
+    nums = [n for _, n in values]
+    assert nums == list(range(1, len(nums) + 1)), "the counter skipped or repeated numbers"
+
+
+def _wait_more(sb: Sandbox, pid: int, than: int, timeout: float = 10.0) -> list[tuple[str, int]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        vals = _counter_lines(sb, pid)
+        if vals and vals[-1][1] > than:
+            return vals
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the counter did not advance past {than}: {vals[-3:]}")
+        time.sleep(0.1)
+
+
+def _status(api_url: str, ident: str) -> dict:
+    code, body = _http("GET", f"{api_url}/v1/namespaces/default/sandboxes/{ident}")
+    assert code == 200, body
+    return body  # type: ignore[return-value]
+
+
+# ---- capabilities ---------------------------------------------------------------------------------
+
+
+def test_capabilities_report_the_canary(emulator: EmulatorProcess) -> None:
+    code, caps = _http("GET", f"{emulator.api_url}/emulator/capabilities")
+    assert code == 200
+    cp = caps["checkpoints"]  # type: ignore[index]
+    assert cp["criu"] is True, cp
+    assert cp["canary"]["ok"] is True and cp["mechanism"]
+    assert "canary" in cp["criu_detail"]
+    log = Path(emulator.log_path or "").read_text(errors="replace")
+    assert "canary dump+restore" in log
+
+
+# ---- suspend / resume ------------------------------------------------------------------------------
+
+
+def test_suspend_resume_five_cycles_keep_everything(emulator: EmulatorProcess) -> None:
+    name = f"cyc-{_uid()}"
+    sb = Sandbox.create(name=name, memory_mb=512, request_timeout=T)
+    try:
+        sid = sb.sandbox_id
+        sb.write_file("/tmp/keep.bin", bytes(range(256)) * 100)
+        before = sb.start_process("sh", ["-c", "echo before-suspend; echo on-stderr >&2"])
+        counter = sb.start_process("python3", ["-u", "-c", COUNTER])
+        web = sb.start_process("python3", ["-m", "http.server", "8765", "--bind", "127.0.0.1"])
+        _wait_more(sb, counter.pid, 3)
+        last = 0
+        for cycle in range(5):
+            vals = _wait_more(sb, counter.pid, last)
+            last = vals[-1][1]
+            sb.suspend(timeout=W)
+            info = _status(emulator.api_url, name)
+            assert info["status"] == "suspended" and info["id"] == sid and info["name"] == name
+            assert info["sandbox_url"]
+            assert _container_running(sid) is False
+            sb.resume(timeout=W)
+            info = _status(emulator.api_url, sid)
+            assert info["status"] == "running" and info["name"] == name, f"cycle {cycle}"
+            vals = _wait_more(sb, counter.pid, last + 2)
+            _assert_contiguous(vals)
+            # The counter was frozen, not restarted: it went on from where it was.
+            assert sb.get_process(counter.pid).status == "running"
+        assert sb.read_file("/tmp/keep.bin").value == bytes(range(256)) * 100
+        nums = sb.read_file("/tmp/counter.txt").value.decode().split()
+        assert nums == [str(i) for i in range(1, len(nums) + 1)]
+        # Output produced before the first suspend is still there, and can be followed.
+        assert [ln.strip() for ln in sb.get_stdout(before.pid).lines] == ["before-suspend"]
+        assert [e.line.strip() for e in sb.follow_stdout(before.pid)] == ["before-suspend"]
+        assert [ln.strip() for ln in sb.get_stderr(before.pid).lines] == ["on-stderr"]
+        # A listening TCP socket survived five dumps and serves again.
+        res = sb.run("python3", ["-c", "import urllib.request as u; "
+                                 "print(u.urlopen('http://127.0.0.1:8765/', timeout=5).status)"], timeout=30)
+        assert res.stdout.strip() == "200", res.stderr
+        assert sb.get_process(web.pid).status == "running"
+    finally:
+        sb.terminate()
+
+
+def test_ephemeral_suspend_is_refused(emulator: EmulatorProcess) -> None:
+    with Sandbox.create(memory_mb=256, request_timeout=T) as sb:
+        with pytest.raises(RemoteAPIError) as err:
+            sb.suspend(timeout=W)
+        assert err.value.status_code == 400 and "EPHEMERAL_SANDBOX" in str(err.value)
+        assert sb.status == "running"
+
+
+def test_auto_resume_on_proxy_traffic(emulator: EmulatorProcess) -> None:
+    name = f"auto-{_uid()}"
+    sb = Sandbox.create(name=name, memory_mb=256, request_timeout=T)
+    try:
+        sb.write_file("/tmp/x.txt", b"kept")
+        sb.suspend(timeout=W)
+        # connect() never resumes ...
+        again = Sandbox.connect(name, request_timeout=T)
+        assert _status(emulator.api_url, name)["status"] == "suspended"
+        # ... but data-plane traffic does.
+        assert again.read_file("/tmp/x.txt").value == b"kept"
+        assert _status(emulator.api_url, name)["status"] == "running"
+        assert again.run("echo", ["awake"]).stdout.strip() == "awake"
+    finally:
+        sb.terminate()
+
+
+def test_async_suspend_resume(emulator: EmulatorProcess) -> None:
+    async def main() -> None:
+        name = f"async-{_uid()}"
+        sb = await AsyncSandbox.create(name=name, memory_mb=256, request_timeout=T)
+        try:
+            p = await sb.start_process("python3", ["-u", "-c", COUNTER])
+            await asyncio.sleep(0.5)
+            await sb.suspend(timeout=W)
+            assert (await sb.status()) == "suspended"
+            await sb.resume(timeout=W)
+            assert (await sb.status()) == "running"
+            await asyncio.sleep(0.5)
+            out = await sb.get_stdout(p.pid)
+            nums = [int(ln.split()[1]) for ln in out.lines if ln.strip()]
+            assert nums == list(range(1, len(nums) + 1)) and len(nums) > 10
+        finally:
+            await sb.terminate()
+
+    asyncio.run(main())
+
+
+def test_named_timeout_suspends(emulator: EmulatorProcess) -> None:
+    name = f"tmo-{_uid()}"
+    sb = Sandbox.create(name=name, memory_mb=256, timeout_secs=2, request_timeout=T)
+    try:
+        deadline = time.monotonic() + 30
+        while _status(emulator.api_url, name)["status"] != "suspended":
+            assert time.monotonic() < deadline, "the named sandbox did not suspend at its timeout"
+            time.sleep(0.5)
+        info = _status(emulator.api_url, name)
+        assert info["outcome"] is None and info["termination_reason"] is None
+        sb.resume(timeout=W)
+        assert sb.run("echo", ["back"]).stdout.strip() == "back"
+    finally:
+        sb.terminate()
+
+
+# ---- checkpoints and restores ----------------------------------------------------------------------
+
+
+def test_checkpoint_restore_into_new_sandboxes(emulator: EmulatorProcess) -> None:
+    src = Sandbox.create(memory_mb=512, request_timeout=T)  # ephemeral: checkpoint works on any sandbox
+    restored: list[Sandbox] = []
+    try:
+        src.write_file("/tmp/state.txt", b"from-the-source")
+        counter = src.start_process("python3", ["-u", "-c", COUNTER])
+        _wait_more(src, counter.pid, 5)
+        snap = src.checkpoint(timeout=W)
+        assert snap is not None and snap.snapshot_type == "memory"
+        assert snap.status in ("local_ready", "completed")
+        assert src.status == "running"  # left running
+        at_snapshot = _counter_lines(src, counter.pid)[-1][1]
+
+        info = Sandbox.get_snapshot(snap.snapshot_id)
+        assert info.sandbox_id == src.sandbox_id and info.size_bytes and info.size_bytes > 1_000_000
+        assert snap.snapshot_id in [s.snapshot_id for s in src.list_snapshots()]
+        code, body = _http("GET", f"{emulator.api_url}/v1/namespaces/default/snapshots")
+        assert code == 200 and snap.snapshot_id in [s["id"] for s in body["snapshots"]]  # type: ignore[index]
+
+        # Two sandboxes from one snapshot, side by side, plus the original going on.
+        a = Sandbox.create(snapshot_id=snap.snapshot_id, request_timeout=T)
+        restored.append(a)
+        b = Sandbox.create(snapshot_id=snap.snapshot_id, request_timeout=T)
+        restored.append(b)
+        assert len({a.sandbox_id, b.sandbox_id, src.sandbox_id}) == 3
+        ia = a.info()
+        assert ia.resources.memory_mb == 512 and ia.image == src.info().image
+        token = _counter_lines(src, counter.pid)[0][0]
+        for sb in (a, b):
+            vals = _wait_more(sb, counter.pid, at_snapshot + 3)
+            _assert_contiguous(vals)
+            assert vals[0][0] == token  # the same process memory, continued
+            assert sb.read_file("/tmp/state.txt").value == b"from-the-source"
+        # They do not interfere: a write in one is invisible to the others.
+        a.write_file("/tmp/state.txt", b"changed-in-a")
+        assert b.read_file("/tmp/state.txt").value == b"from-the-source"
+        assert src.read_file("/tmp/state.txt").value == b"from-the-source"
+        a.kill_process(counter.pid)
+        time.sleep(0.3)
+        assert b.get_process(counter.pid).status == "running"
+        assert src.get_process(counter.pid).status == "running"
+        _wait_more(src, counter.pid, at_snapshot + 5)
+
+        # Deleted snapshot: gone from the lists, and restoring from it is a clear error.
+        Sandbox.delete_snapshot(snap.snapshot_id)
+        with pytest.raises(RemoteAPIError) as err:
+            Sandbox.get_snapshot(snap.snapshot_id)
+        assert err.value.status_code == 404
+        with pytest.raises((SandboxError, RemoteAPIError)) as err2:
+            Sandbox.create(snapshot_id=snap.snapshot_id, request_timeout=T)
+        assert snap.snapshot_id in str(err2.value)
+        # The restored sandboxes do not depend on the snapshot's files.
+        assert b.run("echo", ["still"]).stdout.strip() == "still"
+    finally:
+        for sb in restored:
+            sb.terminate()
+        src.terminate()
+
+
+def test_unknown_snapshot_is_a_clear_error(emulator: EmulatorProcess) -> None:
+    with pytest.raises((SandboxError, RemoteAPIError)) as err:
+        Sandbox.create(snapshot_id="snap_doesnotexist", request_timeout=T)
+    assert "snap_doesnotexist" in str(err.value)
+
+
+def test_checkpoint_during_writes_restores_a_consistent_file(emulator: EmulatorProcess) -> None:
+    src = Sandbox.create(memory_mb=256, request_timeout=T)
+    new = None
+    try:
+        w = src.start_process("python3", ["-c", WRITER])
+        time.sleep(0.5)
+        snap = src.checkpoint(timeout=W, checkpoint_type=CheckpointType.MEMORY)
+        assert snap is not None
+        new = Sandbox.create(snapshot_id=snap.snapshot_id, request_timeout=T)
+        time.sleep(0.3)
+        data = new.read_file("/tmp/stream.txt").value
+        assert len(data) > 1000 and len(data) % 10 == 0
+        recs = data.split(b"\n")[:-1]
+        assert recs == [b"%09d" % i for i in range(1, len(recs) + 1)]
+        assert new.get_process(w.pid).status == "running"
+        Sandbox.delete_snapshot(snap.snapshot_id)
+    finally:
+        if new is not None:
+            new.terminate()
+        src.terminate()
+
+
+def test_filesystem_checkpoint_and_copy(emulator: EmulatorProcess) -> None:
+    src = Sandbox.create(memory_mb=256, request_timeout=T)
+    made: list[str] = []
+    try:
+        src.write_file("/srv/data.txt", b"fs-only")
+        p = src.start_process("sleep", ["1000"])
+        snap = src.checkpoint(timeout=W, checkpoint_type=CheckpointType.FILESYSTEM)
+        assert snap is not None and snap.snapshot_type == "filesystem"
+        with Sandbox.create(snapshot_id=snap.snapshot_id, request_timeout=T) as cold:
+            assert cold.read_file("/srv/data.txt").value == b"fs-only"
+            # A cold boot: the files, not the processes.
+            assert all(q.command != "sleep" for q in cold.list_processes())
+        Sandbox.delete_snapshot(snap.snapshot_id)
+
+        res = src.copy(times=2, request_timeout=T)
+        assert res.source_sandbox_id == src.sandbox_id and len(res.sandboxes) == 2
+        code, body = _http("GET", f"{emulator.api_url}/v1/namespaces/default/sandboxes/{src.sandbox_id}/snapshots")
+        assert body == {"snapshots": []}  # copy keeps no snapshot behind
+        for entry in res.sandboxes:
+            made.append(entry.sandbox_id)
+            c = Sandbox.connect(entry.sandbox_id, request_timeout=T)
+            assert c.read_file("/srv/data.txt").value == b"fs-only"
+            assert c.get_process(p.pid).status == "running"
+    finally:
+        for sid in made:
+            Sandbox.connect(sid, request_timeout=T).terminate()
+        src.terminate()
+
+
+# ---- restart survival and hosts without CRIU ------------------------------------------------------
+
+
+def test_snapshots_and_suspended_sandboxes_survive_a_restart() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="tle-cp-restart-", dir="/tmp"))
+    api_port, proxy_port = free_port(), free_port()
+    api = f"http://localhost:{api_port}"
+    first = EmulatorProcess(data_dir=data_dir, api_port=api_port, proxy_port=proxy_port,
+                            extra_env={"TLE_TERMINATE_ON_EXIT": "0"}).start()
+    second = None
+    try:
+        name = f"rst-{_uid()}"
+        sb = Sandbox.create(name=name, memory_mb=256, request_timeout=T, api_url=api)
+        p = sb.start_process("python3", ["-u", "-c", COUNTER])
+        _wait_more(sb, p.pid, 3)
+        snap = sb.checkpoint(timeout=W)
+        assert snap is not None
+        last = _counter_lines(sb, p.pid)[-1][1]
+        sb.suspend(timeout=W)
+        first.stop()
+        second = EmulatorProcess(data_dir=data_dir, api_port=api_port, proxy_port=proxy_port).start()
+        assert _status(api, name)["status"] == "suspended"
+        assert Sandbox.get_snapshot(snap.snapshot_id, api_url=api).status in ("local_ready", "completed")
+        again = Sandbox.connect(name, request_timeout=T, api_url=api)
+        again.resume(timeout=W)
+        vals = _wait_more(again, p.pid, last + 2)
+        _assert_contiguous(vals)
+        with Sandbox.create(snapshot_id=snap.snapshot_id, request_timeout=T, api_url=api) as restored:
+            _assert_contiguous(_wait_more(restored, p.pid, 5))
+        again.terminate()
+        Sandbox.delete_snapshot(snap.snapshot_id, api_url=api, request_timeout=T)
+    finally:
+        (second or first).stop()
+        first.stop()
+
+
+def test_without_criu_memory_is_refused_and_filesystem_works() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="tle-cp-off-", dir="/tmp"))
+    emu = EmulatorProcess(data_dir=data_dir, extra_env={"TLE_CHECKPOINT": "off"}).start()
+    api = emu.api_url
+    try:
+        code, caps = _http("GET", f"{api}/emulator/capabilities")
+        assert caps["checkpoints"]["criu"] is False  # type: ignore[index]
+        assert "not supported on this host" in emu.log_tail(200).lower()
+        sb = Sandbox.create(name=f"off-{_uid()}", memory_mb=256, request_timeout=T, api_url=api)
+        try:
+            with pytest.raises(RemoteAPIError) as err:
+                sb.suspend(timeout=W)
+            assert err.value.status_code == 400 and "not supported on this host" in str(err.value)
+            with pytest.raises(RemoteAPIError) as err:
+                sb.checkpoint(timeout=W, checkpoint_type=CheckpointType.MEMORY)
+            assert err.value.status_code == 400 and "not supported on this host" in str(err.value)
+            sb.write_file("/tmp/f.txt", b"cold")
+            snap = sb.checkpoint(timeout=W)  # default type: filesystem where CRIU is missing
+            assert snap is not None and snap.snapshot_type == "filesystem"
+            with Sandbox.create(snapshot_id=snap.snapshot_id, request_timeout=T, api_url=api) as cold:
+                assert cold.read_file("/tmp/f.txt").value == b"cold"
+            Sandbox.delete_snapshot(snap.snapshot_id, api_url=api, request_timeout=T)
+            assert sb.run("echo", ["fine"]).stdout.strip() == "fine"
+        finally:
+            sb.terminate()
+    finally:
+        emu.stop()
+
+
+# ---- the product page's example, verbatim ---------------------------------------------------------
+
+
+def test_seed_example_sync(emulator: EmulatorProcess) -> None:
+    sandbox = Sandbox.create(name="my-env", cpus=1.0)
+    try:
+        sandbox.suspend()
+        sandbox.resume()
+
+        snapshot = sandbox.checkpoint()
+        restored = Sandbox.create(snapshot_id=snapshot.snapshot_id)
+        assert restored.sandbox_id != sandbox.sandbox_id
+        assert restored.run("echo", ["ok"]).stdout.strip() == "ok"
+        restored.terminate()
+        Sandbox.delete_snapshot(snapshot.snapshot_id, request_timeout=T)
+    finally:
+        sandbox.terminate()
+
+
+def test_seed_example_async(emulator: EmulatorProcess) -> None:
+    async def main() -> None:
+        sandbox = await AsyncSandbox.create(name="my-env", cpus=1.0)
+        try:
+            await sandbox.suspend()
+            await sandbox.resume()
+
+            snapshot = await sandbox.checkpoint()
+            restored = await AsyncSandbox.create(snapshot_id=snapshot.snapshot_id)
+            assert (await restored.run("echo", ["ok"])).stdout.strip() == "ok"
+            await restored.terminate()
+            await asyncio.to_thread(Sandbox.delete_snapshot, snapshot.snapshot_id, request_timeout=T)
+        finally:
+            await sandbox.terminate()
+
+    asyncio.run(main())
