@@ -23,13 +23,15 @@ Environment:
 ``TLE_OUTPUT_LIMIT_BYTES``
     Per-process bound on buffered output, all streams together (default 16 MiB = 16777216). Each line costs
     its byte length plus one. Past the bound the OLDEST lines are dropped and counted. Nothing is dropped
-    silently: every ``GET .../stdout|stderr|output`` answer, every follow stream and every run stream that
-    missed lines begins with one marker line::
+    silently: every ``GET .../stdout|stderr|output`` answer and every follow replay then begins with one
+    marker line::
 
         [tensorlake-emulator: 123 earlier lines dropped, output buffer limit 16777216 bytes]
 
-    (counting only the lines of the stream(s) that view shows; on the combined views the marker carries
-    ``"stream": "stderr"``). A single line longer than the bound is split at the bound.
+    counting only the lines of the stream(s) that view shows (on the combined views, and on run streams,
+    the marker event carries ``"stream": "stderr"``). A follow or run stream whose client reads more slowly
+    than the process writes gets such a marker at the point where it missed lines. A single line longer
+    than the bound is split at the bound.
 ``TLE_DEFAULT_USER``
     Optional user (same syntax as the request's ``user`` string: ``app``, ``1000``, ``1000:1000``,
     ``app:staff``) for processes whose request names no ``user``, i.e. the image's ``USER`` when the agent
@@ -55,8 +57,23 @@ Behaviour notes
 * Managed processes (``name``/``restart``/``health_check`` given): when ``restart`` is omitted the policy is
   ``never``. Output of all incarnations goes into one buffer; follow streams of a managed process end when the
   supervisor stops (killed, or no further restart). A stopped managed process's name can be reused.
+  Backoff before restart n is ``initial_backoff_ms * 2**n`` capped at ``max_backoff_ms`` (n resets after a
+  run of 10 s or more); ``restart_count`` counts automatic and manual restarts. A health check that fails
+  ``failure_threshold`` times in a row marks the process ``unhealthy`` and, unless the policy is ``never``,
+  stops it (SIGTERM, SIGKILL after 10 s) so that the restart policy brings it back.
+* ``POST .../restart`` of an unmanaged process SIGKILLs its group and starts the same command again as a new
+  table entry (new pid); the old entry stays listed as exited.
+* ``POST .../signal`` to a process whose group no longer exists answers ``{"success": false}``.
+* A ``run`` whose client disconnects keeps running (it stays in the process table).
 * Spawn failures: ``run`` streams one stderr line and an exit event with exit code 127 (126 for permission
   problems); ``POST /api/v1/processes`` answers ``400 SPAWN_FAILED``.
+* Files: paths must be absolute (``400 INVALID_PATH``); a ``..`` component is refused with
+  ``403 PATH_TRAVERSAL`` (as the real daemon does). Uploads stream into a temp file next to the target and are
+  renamed over it (atomic; mode and owner of a replaced file are kept; parents are created). ``DELETE`` of a
+  directory answers ``400 IS_DIRECTORY``. Listings are sorted by name; directories have ``size: null``; names
+  that are not valid UTF-8 are shown with U+FFFD.
+* HTTP/1.1 with keep-alive; request bodies with ``Content-Length`` or ``Transfer-Encoding: chunked``;
+  ``Expect: 100-continue`` is honoured. Errors are ``{"error": "...", "code": "..."}``.
 * On SIGTERM/SIGINT the agent SIGTERMs every process group, waits up to 3 s, SIGKILLs the rest and exits 0.
 """
 
@@ -78,6 +95,7 @@ import sys
 import tempfile
 import time
 import traceback
+from json.encoder import encode_basestring_ascii as _json_str
 from urllib.parse import parse_qs, unquote
 
 VERSION = "0.1.0-tle-emulator"
@@ -94,7 +112,6 @@ KEEPALIVE_SECS = 15.0
 EXIT_DRAIN_GRACE = 0.25
 MANAGED_STOP_GRACE = 10.0
 SHUTDOWN_GRACE = 3.0
-SSE_BATCH_BYTES = 256 * 1024
 SSE_BATCH_LINES = 5000
 
 STDOUT = 0
@@ -486,8 +503,8 @@ class OutputBuffer:
     def next_seq(self) -> int:
         return self._base + len(self._lines)
 
-    def get(self, seq: int):
-        return self._lines[seq - self._base]
+    def slice(self, start_seq: int, end_seq: int) -> list:
+        return self._lines[start_seq - self._base : end_seq - self._base]
 
     def extend(self, items: list) -> None:
         if not items:
@@ -1700,24 +1717,27 @@ class Agent:
         try:
             while True:
                 out = []
-                size = 0
                 if cursor < buf.first_seq:
                     # lines [cursor, first_seq) were dropped before this stream could send them
                     skipped = sum(buf.dropped[s] - seen[s] for s in streams)
                     seen = list(buf.dropped)
                     cursor = buf.first_seq
                     if skipped > 0:
-                        line = marker_text(skipped, buf.limit)
-                        out.append(output_event(line, now_ms(), marker_stream))
+                        out.append(output_event(marker_text(skipped, buf.limit), now_ms(), marker_stream))
                 end = min(buf.next_seq, cursor + SSE_BATCH_LINES)
-                while cursor < end and size < SSE_BATCH_BYTES:
-                    s, text, ts, _cost = buf.get(cursor)
-                    cursor += 1
-                    seen[s] += 1
-                    if want_all or s in streams:
-                        ev = output_event(text, ts, STREAM_NAMES[s])
-                        out.append(ev)
-                        size += len(ev)
+                if cursor < end:
+                    items = buf.slice(cursor, end)
+                    cursor = end
+                    n_err = sum(map(_first, items))
+                    seen[STDERR] += n_err
+                    seen[STDOUT] += len(items) - n_err
+                    if want_all:
+                        out.append(output_events(items))
+                    elif n_err == (len(items) if streams[0] == STDERR else 0):
+                        out.append(output_events(items))
+                    else:
+                        only = streams[0]
+                        out.append(output_events([it for it in items if it[0] == only]))
                 if out:
                     await conn.chunk(b"".join(out))
                 if cursor < buf.next_seq:
@@ -1758,11 +1778,8 @@ class Agent:
         if proc.managed is not None:
             proc.managed.stop()
         else:
-            child = proc.child
-            if not child.reaped:
-                child.signal_group(signal.SIGKILL)
-            else:
-                child.signal_group(signal.SIGKILL)  # leftovers of the group, if any
+            # also reaches what is left of the group after the leader exited
+            proc.child.signal_group(signal.SIGKILL)
         await conn.send(204)
 
     async def h_restart(self, conn: Connection, proc: Proc) -> None:
@@ -1830,11 +1847,15 @@ class Agent:
         loop = self.loop
 
         def _open():
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+            # O_NONBLOCK so that opening a FIFO cannot hang; regular files ignore it, and it is cleared below
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
             try:
                 st = os.fstat(fd)
                 if stat.S_ISDIR(st.st_mode):
                     raise IsADirectoryError(errno.EISDIR, "is a directory")
+                if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+                    raise HttpError(400, "NOT_A_FILE", f"Not a regular file (FIFO or socket): {path}")
+                os.set_blocking(fd, True)
             except BaseException:
                 os.close(fd)
                 raise
@@ -2124,9 +2145,32 @@ def sse_event(name: str, data: dict) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
 
+def _first(item) -> int:
+    return item[0]
+
+
+def output_events(items: list) -> bytes:
+    """SSE output events for buffer items (stream, text, ts, cost), as sse_event() would write them."""
+    names = STREAM_NAMES
+    return "".join(
+        [
+            f'event: output\ndata: {{"line": {_json_str(t)}, "timestamp": {ts}, "stream": "{names[s]}"}}\n\n'
+            for s, t, ts, _c in items
+        ]
+    ).encode()
+
+
 def output_event(line: str, ts: int, stream: str) -> bytes:
-    data = '{"line": ' + json.dumps(line) + ', "timestamp": ' + str(ts) + ', "stream": "' + stream + '"}'
-    return ("event: output\ndata: " + data + "\n\n").encode()
+    # same bytes as sse_event("output", {...}); built by hand because it runs once per output line
+    return (
+        'event: output\ndata: {"line": '
+        + _json_str(line)
+        + ', "timestamp": '
+        + str(ts)
+        + ', "stream": "'
+        + stream
+        + '"}\n\n'
+    ).encode()
 
 
 def _env_int(name: str, default: int) -> int:
