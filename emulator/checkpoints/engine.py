@@ -2,8 +2,8 @@
 sandbox left running plus a commit of its filesystem) and restores of snapshots into new sandboxes.
 
 The engine owns the records, the ordering and the files; how a dump is made and restored is a
-*mechanism* (emulator/checkpoints/mechanisms.py), chosen with TLE_CHECKPOINT. Snapshots live under
-<data>/snapshots/<id>/ (the CRIU dump in checkpoint/) with their metadata in the store, and a
+*mechanism* (emulator/checkpoints/mechanisms.py), chosen with TLE_CHECKPOINT (auto|runc|docker|off).
+Snapshots live under <data>/snapshots/<id>/ (the CRIU dump in checkpoint/) with their metadata in the store, and a
 committed image `tensorlake-emulator/snapshot:<id>` for the filesystem, so they survive restarts.
 
 Ordering of a memory snapshot: the container is frozen (cgroup freezer, `docker pause`) first,
@@ -31,7 +31,7 @@ from typing import Any
 
 from emulator.backend.base import LABEL_SNAPSHOT, ContainerSpec
 from emulator.backend.docker import DockerBackend
-from emulator.checkpoints.mechanisms import DockerMechanism, Mechanism
+from emulator.checkpoints.mechanisms import DockerMechanism, Mechanism, RuncMechanism
 from emulator.checkpoints.probe import CriuProbe
 from emulator.errors import BadRequest, EmulatorError, NotFound, NotSupported
 from emulator.manager.ids import new_snapshot_id
@@ -56,6 +56,19 @@ def dir_size(path: Path) -> int:
     return total
 
 
+def choose_mechanism(backend: DockerBackend, docker_root: Path, mode: str, runtime: str) -> Mechanism:
+    """TLE_CHECKPOINT: `runc` (dump with runc, restore through Docker), `docker` (Docker's API both
+    ways), `auto` (runc where the runc runtime and Docker's runc state folder are there, else docker)."""
+    runc_root = Path(os.environ.get("TLE_RUNC_ROOT", "/run/docker/runtime-runc/moby"))
+    if mode in ("auto", "runc") and runtime == "runc":
+        why_not = RuncMechanism.available(runc_root)
+        if why_not is None:
+            return RuncMechanism(backend, docker_root, runc_root)
+        if mode == "runc":
+            log.warning("TLE_CHECKPOINT=runc but %s: using Docker's checkpoint API", why_not)
+    return DockerMechanism(backend, docker_root)
+
+
 class CheckpointEngine:
     def __init__(self, backend: DockerBackend, store: Store, data_dir: Path, docker_root: Path,
                  probe: CriuProbe, mechanism: Mechanism | None = None, canary_image: str | None = None) -> None:
@@ -64,8 +77,11 @@ class CheckpointEngine:
         self.dir = data_dir / "snapshots"
         self.docker_root = docker_root
         self.probe = probe
-        self.mechanism: Mechanism = mechanism or DockerMechanism(backend, docker_root)
-        self.canary_image = canary_image
+        from emulator.config import Settings  # the mechanism follows TLE_CHECKPOINT / TLE_RUNTIME
+        settings = Settings.from_env()
+        self.mechanism: Mechanism = mechanism or choose_mechanism(backend, docker_root, settings.checkpoint_mode,
+                                                                  settings.runtime)
+        self.canary_image = canary_image or settings.default_image
         self.canary: dict[str, Any] | None = None
         self._snapshots: dict[str, SnapshotRecord] = {}
 
@@ -86,9 +102,6 @@ class CheckpointEngine:
     async def run_canary(self) -> None:
         """Dump and restore a tiny container once, so 'criu check' passing is not taken on trust."""
         image = self.canary_image
-        if image is None:
-            from emulator.config import Settings
-            image = Settings.from_env().default_image
         t0 = time.monotonic()
         cid = None
         try:
