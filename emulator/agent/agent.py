@@ -230,8 +230,9 @@ class Body:
                 try:
                     size = int(size_txt, 16)
                 except ValueError:
-                    raise bad_request("malformed chunked request body") from None
+                    size = -1
                 if size < 0:
+                    self.conn.close_after = True  # the framing is lost: this connection cannot be reused
                     raise bad_request("malformed chunked request body")
                 if size == 0:
                     while True:  # trailers
@@ -249,6 +250,7 @@ class Body:
             if self.chunk_left == 0:
                 crlf = await self.reader.readexactly(2)
                 if crlf != b"\r\n":
+                    self.conn.close_after = True
                     raise bad_request("malformed chunked request body")
             if data:
                 return data
@@ -946,7 +948,7 @@ class Child:
             return True
         except ProcessLookupError:
             pass
-        except PermissionError:
+        except OSError:
             return False
         if not self.reaped:
             try:
@@ -1031,6 +1033,7 @@ class Managed:
         self.health_check = cfg["health_check"]
         self.status = "starting"
         self.restart_count = 0
+        self.auto_restarts = 0
         self.health_status = "disabled" if self.health_check is None else "starting"
         self.consecutive_health_failures = 0
         self.last_exit: dict | None = None
@@ -1100,7 +1103,7 @@ class Managed:
 
     def _schedule_restart(self, want: bool) -> None:
         maxr = self.restart.get("max_restarts")
-        if want and maxr is not None and self.restart_count >= maxr:
+        if want and maxr is not None and self.auto_restarts >= maxr:
             want = False
         if not want:
             self._stopped()
@@ -1127,6 +1130,7 @@ class Managed:
         if self.stopping or self.restarting:
             return
         self.restart_count += 1
+        self.auto_restarts += 1
         try:
             self.agent.spawn(self.proc)
         except SpawnError as e:
@@ -1149,6 +1153,7 @@ class Managed:
                 self.restarting = False
             self.stopping = False
             self.backoff_attempt = 0
+            self.auto_restarts = 0  # a manual restart gives the restart policy a fresh budget
             self.proc.buffer.reopen()
             self.restart_count += 1
             try:
@@ -1206,7 +1211,12 @@ class Managed:
         timeout = max(10, hc["timeout_ms"]) / 1000.0
         writer = None
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", hc["port"]), timeout)
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", hc["port"]), timeout
+                )
+            except ConnectionRefusedError:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection("::1", hc["port"]), timeout)
             if hc["type"] == "tcp":
                 return True
             path = hc.get("path") or "/"
@@ -1800,8 +1810,8 @@ class Agent:
     async def h_signal(self, conn: Connection, req: Request, proc: Proc) -> None:
         body = await self.read_json(req)
         sig = body.get("signal")
-        if not _is_int(sig) or not 0 <= sig <= 64:
-            raise bad_request("`signal` must be a signal number (integer 0..64)")
+        if not _is_int(sig) or (sig != 0 and sig not in {int(x) for x in signal.valid_signals()}):
+            raise bad_request("`signal` must be a valid signal number, e.g. 15")
         child = proc.child
         if sig == signal.SIGKILL:
             child.kill_sent = True

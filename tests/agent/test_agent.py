@@ -216,6 +216,60 @@ def test_garbage_request_does_not_kill_agent(agent):
     assert agent.client.get("/api/v1/health").status_code == 200
 
 
+def _raw(agent, data: bytes, read_until_close: bool = True) -> bytes:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(agent.socket)
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+            if not read_until_close and b"\r\n\r\n" in out:
+                break
+    finally:
+        s.close()
+    return out
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /api/v1/processes HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        b"POST /api/v1/processes HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+        b"GET /api/v1/processes/%ff%fe HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET /api/v1/files?path=%2Ftmp%2F%ff HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET /api/v1/health HTTP/1.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+        b"POST /api/v1/processes/1/signal HTTP/1.1\r\nContent-Length: 15\r\nConnection: close\r\n\r\n"
+        b'{"signal": 999}',
+        b"GET /api/v1/health HTTP/1.0\r\n\r\n",
+    ],
+)
+def test_malformed_requests_are_survived(agent, raw):
+    out = _raw(agent, raw)
+    if out:
+        assert out.startswith(b"HTTP/1.1 ")
+    assert agent.client.get("/api/v1/health").json() == {"healthy": True}
+
+
+def test_expect_100_continue(agent, tmpdir_path):
+    p = os.path.join(tmpdir_path, "expect.txt")
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(agent.socket)
+    s.sendall(
+        f"PUT /api/v1/files?path={p} HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
+    assert s.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    s.sendall(b"hello")
+    assert s.recv(100).startswith(b"HTTP/1.1 204 ")
+    s.close()
+    assert open(p, "rb").read() == b"hello"
+
+
 # ------------------------------------------------------------------------------------------------ run
 
 
