@@ -1387,7 +1387,7 @@ class Agent:
         self.by_pid: dict = {}  # pid -> Proc (current pid of each entry)
         self.by_name: dict = {}  # managed name -> Proc
         self.children: dict = {}  # pid -> Child, live (unreaped) children only
-        self.start_mono = time.monotonic()
+        self.start_wall = time.time()
         self.oom_seen = read_oom_kills()
         self.server = None
         self.shutting_down = False
@@ -1650,7 +1650,8 @@ class Agent:
         running = sum(1 for p in self.entries.values() if p.child is not None and not p.child.reaped)
         return {
             "version": VERSION,
-            "uptime_secs": int(time.monotonic() - self.start_mono),
+            # wall clock, not monotonic: after a CRIU restore on another boot the monotonic clock restarts
+            "uptime_secs": max(0, int(time.time() - self.start_wall)),
             "running_processes": running,
             "total_processes": len(self.entries),
         }
