@@ -113,6 +113,10 @@ class EmulatorProcess:
         return env
 
     def start(self, timeout: float = 60.0) -> EmulatorProcess:
+        return self.spawn().wait_ready(timeout)
+
+    def spawn(self) -> EmulatorProcess:
+        """Start the process without waiting for it to answer (then wait_ready)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_path or self.data_dir / "emulator.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
@@ -120,6 +124,10 @@ class EmulatorProcess:
                                      stdin=subprocess.DEVNULL, start_new_session=True,
                                      preexec_fn=_die_with_parent() if self.die_with_parent else None)
         log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> EmulatorProcess:
+        assert self.proc is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

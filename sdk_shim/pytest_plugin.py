@@ -157,8 +157,9 @@ def tensorlake_emulator(request: pytest.FixtureRequest) -> Iterator[TensorlakeEm
                                    session_label=session.label, die_with_parent=True)
             session.update(mode="started", api_url=proc.api_url, data_dir=str(data_dir),
                            docker_host=os.environ.get("TLE_DOCKER_HOST"))
-            proc.start()
+            proc.spawn()  # recorded before the wait, so a session killed during start-up is reaped fully
             session.update(emulator_pid=proc.pid, emulator_start=process_start_time(proc.pid or 0))
+            proc.wait_ready()
             emu = TensorlakeEmulator(api_url=proc.api_url, session_label=session.label, namespace=namespace,
                                      mode="started", target_url=proc.api_url, request_timeout=timeout,
                                      process=proc, data_dir=data_dir)
