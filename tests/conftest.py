@@ -7,6 +7,7 @@ module imports tensorlake.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def emulator() -> EmulatorProcess:
     proc = EmulatorProcess(data_dir=data_dir, api_port=_API_PORT, proxy_port=_PROXY_PORT).start()
     yield proc
     proc.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture
