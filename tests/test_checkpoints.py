@@ -10,6 +10,7 @@ import asyncio
 import json
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -442,3 +443,37 @@ def test_seed_example_async(emulator: EmulatorProcess) -> None:
             await sandbox.terminate()
 
     asyncio.run(main())
+
+
+def test_follow_stream_during_suspend(emulator: EmulatorProcess) -> None:
+    """An open follow stream is a host connection into the agent, which CRIU cannot dump: the
+    suspend cuts it, and the dump goes through. The SDK then reconnects the follow; with
+    auto_resume off that reconnect is refused (the sandbox stays suspended and the follow call
+    ends), with auto_resume on it is data-plane traffic and wakes the sandbox (PROTOCOL.md §11).
+    Following again after the resume replays the whole output, which lives in the agent's memory."""
+    name = f"fol-{_uid()}"
+    sb = Sandbox.create(name=name, memory_mb=256, auto_resume=False, request_timeout=T)
+    try:
+        p = sb.start_process("python3", ["-u", "-c", COUNTER])
+        _wait_more(sb, p.pid, 3)
+        done = threading.Event()
+
+        def follow() -> None:
+            try:
+                list(sb.follow_stdout(p.pid))
+            except Exception:  # noqa: BLE001 - any end of the stream will do
+                pass
+            finally:
+                done.set()
+
+        threading.Thread(target=follow, daemon=True).start()
+        time.sleep(0.5)
+        sb.suspend(timeout=W)
+        # The follow keeps reconnecting for a while (the SDK's retries): none of that wakes it.
+        time.sleep(3)
+        assert _status(emulator.api_url, name)["status"] == "suspended"
+        sb.resume(timeout=W)
+        vals = _wait_more(sb, p.pid, 10)
+        _assert_contiguous(vals)
+    finally:
+        sb.terminate()

@@ -155,6 +155,15 @@ class CheckpointEngine:
         await self.mechanism.restore_in_place(rec.container_id, rec.suspend_checkpoint)
         rec.suspend_checkpoint = None
 
+    def has_suspend_dump(self, rec: SandboxRecord) -> bool:
+        if not rec.container_id:
+            return False
+        d = self.mechanism.checkpoint_dir(rec.container_id, SUSPEND_NAME)
+        return (d / "inventory.img").is_file()
+
+    def mark_suspended(self, rec: SandboxRecord) -> None:
+        rec.suspend_checkpoint = SUSPEND_NAME
+
     async def discard_suspend(self, rec: SandboxRecord) -> None:
         rec.suspend_checkpoint = None  # the dump lives in the container's folder, removed with it
 

@@ -23,6 +23,9 @@ from emulator.errors import EmulatorError
 class Mechanism(Protocol):
     name: str
 
+    def checkpoint_dir(self, container_id: str, name: str) -> Path:
+        """Where the in-place dump `name` of a container lives."""
+
     async def dump_stop(self, container_id: str, name: str) -> None:
         """Dump the whole container under `name` and stop it (suspend)."""
 

@@ -92,10 +92,20 @@ class SandboxManager:
             if not rec.live:
                 continue
             c = containers.pop(rec.id, None)
-            if rec.status == "suspended" and rec.suspend_checkpoint:
+            if rec.status in ("suspended", "suspending") or rec.suspend_checkpoint:
+                # Suspended, or a suspend/resume cut off by the stop: a stopped container with its
+                # dump is suspended (and resumes later); a running one is running.
                 if c is None:
                     await self._mark_terminated(rec, "container_lost", "the suspended sandbox's container is gone")
-                continue
+                    continue
+                if not c.running and self.checkpoints.has_suspend_dump(rec):
+                    if rec.status != "suspended":
+                        log.info("sandbox %s: interrupted transition, its dump is complete: suspended", rec.id)
+                    self.checkpoints.mark_suspended(rec)
+                    rec.status, rec.pending_reason, rec.deadline_ms = "suspended", None, None
+                    await self.store.save_sandbox(rec)
+                    continue
+                rec.suspend_checkpoint = None
             if c is None:
                 await self._mark_terminated(rec, "container_lost",
                                             "its container disappeared while the emulator was stopped")
