@@ -56,14 +56,15 @@ def dir_size(path: Path) -> int:
     return total
 
 
-def choose_mechanism(backend: DockerBackend, docker_root: Path, mode: str, runtime: str) -> Mechanism:
+def choose_mechanism(backend: DockerBackend, docker_root: Path, dump_root: Path, mode: str,
+                     runtime: str) -> Mechanism:
     """TLE_CHECKPOINT: `runc` (dump with runc, restore through Docker), `docker` (Docker's API both
     ways), `auto` (runc where the runc runtime and Docker's runc state folder are there, else docker)."""
     runc_root = Path(os.environ.get("TLE_RUNC_ROOT", "/run/docker/runtime-runc/moby"))
     if mode in ("auto", "runc") and runtime == "runc":
         why_not = RuncMechanism.available(runc_root)
         if why_not is None:
-            return RuncMechanism(backend, docker_root, runc_root)
+            return RuncMechanism(backend, docker_root, runc_root, dump_root)
         if mode == "runc":
             log.warning("TLE_CHECKPOINT=runc but %s: using Docker's checkpoint API", why_not)
     return DockerMechanism(backend, docker_root)
@@ -79,8 +80,8 @@ class CheckpointEngine:
         self.probe = probe
         from emulator.config import Settings  # the mechanism follows TLE_CHECKPOINT / TLE_RUNTIME
         settings = Settings.from_env()
-        self.mechanism: Mechanism = mechanism or choose_mechanism(backend, docker_root, settings.checkpoint_mode,
-                                                                  settings.runtime)
+        self.mechanism: Mechanism = mechanism or choose_mechanism(backend, docker_root, data_dir / "dumps",
+                                                                  settings.checkpoint_mode, settings.runtime)
         self.canary_image = canary_image or settings.default_image
         self.canary: dict[str, Any] | None = None
         self._snapshots: dict[str, SnapshotRecord] = {}
@@ -127,6 +128,7 @@ class CheckpointEngine:
         finally:
             if cid is not None:
                 await self.backend.remove(cid)
+                await self.mechanism.discard(cid, "canary")
 
     @property
     def memory_available(self) -> bool:
@@ -165,7 +167,9 @@ class CheckpointEngine:
         rec.suspend_checkpoint = SUSPEND_NAME
 
     async def discard_suspend(self, rec: SandboxRecord) -> None:
-        rec.suspend_checkpoint = None  # the dump lives in the container's folder, removed with it
+        if rec.container_id and rec.suspend_checkpoint:
+            await self.mechanism.discard(rec.container_id, rec.suspend_checkpoint)
+        rec.suspend_checkpoint = None
 
     # ---- snapshots ----------------------------------------------------------------------------
 
