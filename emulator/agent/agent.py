@@ -82,6 +82,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import fcntl
 import grp
 import itertools
 import json
@@ -90,9 +91,11 @@ import pwd
 import secrets
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 import traceback
 from json.encoder import encode_basestring_ascii as _json_str
@@ -137,9 +140,12 @@ REASONS = {
     409: "Conflict",
     411: "Length Required",
     413: "Payload Too Large",
+    426: "Upgrade Required",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
+    502: "Bad Gateway",
 }
 
 
@@ -1284,6 +1290,519 @@ class Proc:
 
 
 # ----------------------------------------------------------------------------------------------------
+# PTY sessions and TCP tunnels
+# ----------------------------------------------------------------------------------------------------
+
+# An upgraded connection ("Upgrade: tle-frames") carries frames of 1 byte kind + 4 bytes big-endian length +
+# payload; the proxy maps each one to one WebSocket message or close, both ways.
+FRAME_HEAD = struct.Struct(">BI")
+FRAME_BINARY = 0  # one binary WebSocket message
+FRAME_TEXT = 1  # one text WebSocket message (UTF-8)
+FRAME_CLOSE = 2  # close: u16 big-endian code + UTF-8 reason
+MAX_FRAME = 32 * 1024 * 1024
+UPGRADE_PROTOCOL = "tle-frames"
+
+PTY_OP_DATA = 0x00
+PTY_OP_RESIZE = 0x01
+PTY_OP_READY = 0x02
+PTY_OP_EXIT = 0x03
+PTY_MESSAGE_MAX = 64 * 1024  # terminal bytes per DATA message
+PTY_BUFFER_LIMIT = 1024 * 1024  # output held while no client is READY; past it the terminal is not read
+PTY_WRITE_HIGH = 256 * 1024  # unsent bytes towards the client past which the terminal is not read
+PTY_FINAL_DRAIN = 4 * 1024 * 1024  # what is still read from the terminal once its process is gone
+MAX_PTY_SESSIONS = 256  # live sessions
+MAX_EXITED_PTY = 64  # exited sessions kept (for a late attach, GET, DELETE); the oldest are forgotten
+TUNNEL_CONNECT_TIMEOUT = 5.0
+TUNNEL_READ = 64 * 1024
+
+
+def wants_frames(req: Request) -> bool:
+    return (
+        req.headers.get("upgrade", "").strip().lower() == UPGRADE_PROTOCOL
+        and "upgrade" in req.headers.get("connection", "").lower()
+    )
+
+
+def require_frames(req: Request) -> None:
+    if not wants_frames(req):
+        raise HttpError(
+            426, "UPGRADE_REQUIRED", "this endpoint is a WebSocket: connect to it through the sandbox proxy"
+        )
+
+
+class FrameStream:
+    """The agent's end of an upgraded connection (see switch_to_frames)."""
+
+    def __init__(self, conn: Connection):
+        self.reader = conn.reader
+        self.writer = conn.writer
+        self.closed = False
+
+    async def read(self) -> tuple | None:
+        """(kind, payload) of the next frame; None once the proxy went away."""
+        try:
+            kind, n = FRAME_HEAD.unpack(await self.reader.readexactly(FRAME_HEAD.size))
+            if n > MAX_FRAME:
+                raise ConnectionResetError(f"frame of {n} bytes is too large")
+            return kind, (await self.reader.readexactly(n) if n else b"")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.closed = True
+            return None
+
+    def write(self, kind: int, payload: bytes = b"") -> None:
+        if not self.closed and not self.writer.is_closing():
+            self.writer.write(FRAME_HEAD.pack(kind, len(payload)) + payload)
+
+    def buffered(self) -> int:
+        transport = self.writer.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Send a close frame and end the connection (bytes already written are still delivered)."""
+        if self.closed:
+            return
+        self.write(FRAME_CLOSE, struct.pack(">H", code) + reason.encode("utf-8")[:120])
+        self.closed = True
+        try:
+            self.writer.close()
+        except Exception:
+            pass
+
+
+async def switch_to_frames(conn: Connection) -> FrameStream:
+    """Answer 101: from here on the connection carries frames, and it is closed when the handler returns."""
+    conn.started = True
+    conn.close_after = True
+    head = f"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {UPGRADE_PROTOCOL}\r\n\r\n"
+    conn.writer.write(head.encode())
+    await conn.writer.drain()
+    return FrameStream(conn)
+
+
+def _acquire_ctty() -> None:  # runs in the child between fork and exec
+    try:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    except OSError:
+        pass
+
+
+def _winsize(rows: int, cols: int) -> bytes:
+    return struct.pack("HHHH", rows, cols, 0, 0)
+
+
+def _spawn_failure(e: Exception, command: str, cwd: str | None) -> SpawnError:
+    """The SpawnError (shell-like message and exit code) for an exception of subprocess.Popen."""
+    if isinstance(e, FileNotFoundError):
+        if cwd is not None and e.filename == cwd:
+            return SpawnError(f"sh: cd: {cwd}: No such file or directory", 127)
+        if "/" in command:
+            return SpawnError(f"sh: {command}: No such file or directory", 127)
+        return SpawnError(f"sh: {command}: command not found", 127)
+    if isinstance(e, PermissionError):
+        return SpawnError("sh: {}: {}".format(command, e.strerror or "Permission denied"), 126)
+    if isinstance(e, OSError):
+        code = 126 if e.errno in (errno.ENOEXEC, errno.EACCES, errno.EPERM, errno.EISDIR) else 127
+        return SpawnError(f"sh: {command}: {e.strerror or str(e)}", code)
+    return SpawnError(f"sh: {command}: {e}", 127)
+
+
+class PtySession:
+    """A process on a pseudo-terminal, and the one client attached to it (a newer attach replaces an older).
+
+    Registered in agent.children like a Child, so the agent's single reaper reports its exit (on_reaped).
+    """
+
+    def __init__(self, agent: Agent, spec: Spec, rows: int, cols: int):
+        self.agent = agent
+        self.loop = agent.loop
+        self.id = secrets.token_hex(8)
+        self.token = secrets.token_hex(16)
+        self.spec = spec
+        self.rows = rows
+        self.cols = cols
+        self.created_at = now_ms()
+        self.master = -1
+        self.popen = None
+        self.pid = 0
+        self.pending = bytearray()  # output no client has been sent yet
+        self.client: FrameStream | None = None
+        self.ready = False  # the attached client sent READY
+        self.reading = False
+        self.eof = False
+        self.reaped = False
+        self.finished = False  # exited and every byte of output collected
+        self.deleted = False
+        self.exit_code: int | None = None
+        self.ended_at: int | None = None
+        self.grace_handle = None
+        self.drain_task: asyncio.Task | None = None
+        self.input_wait: asyncio.Future | None = None
+        self.input_lock = asyncio.Lock()
+
+    # -- start --
+    def start(self) -> None:
+        agent, spec = self.agent, self.spec
+        env = dict(agent.base_env)
+        env.setdefault("TERM", "xterm-256color")
+        uid = gid = extra = None
+        user = spec.user if spec.user is not None else agent.default_user
+        if user is not None:
+            uid, gid, extra, pw = resolve_user(user)
+            if pw is not None:
+                env["HOME"] = pw.pw_dir
+                env["USER"] = pw.pw_name
+                env["LOGNAME"] = pw.pw_name
+            if uid == os.geteuid() and gid == os.getegid():
+                uid = gid = extra = None
+        for k, v in spec.env.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
+        cwd = spec.working_dir
+        if cwd is not None and not os.path.isdir(cwd):
+            why = "Not a directory" if os.path.exists(cwd) else "No such file or directory"
+            raise SpawnError(f"sh: cd: {cwd}: {why}", 127)
+        master, slave = os.openpty()
+        try:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, _winsize(self.rows, self.cols))
+            kwargs = {}
+            if uid is not None:
+                kwargs["user"] = uid
+                kwargs["group"] = gid
+                kwargs["extra_groups"] = extra or [gid]
+                try:
+                    os.fchown(slave, uid, -1)  # the terminal belongs to its user, as after a login
+                except OSError:
+                    pass
+            try:
+                popen = subprocess.Popen(
+                    [spec.command] + spec.args,
+                    stdin=slave,
+                    stdout=slave,
+                    stderr=slave,
+                    cwd=cwd,
+                    env=env,
+                    start_new_session=True,  # setsid(); then the terminal becomes its controlling tty
+                    preexec_fn=_acquire_ctty,
+                    close_fds=True,
+                    restore_signals=True,
+                    **kwargs,
+                )
+            except (OSError, ValueError, TypeError, subprocess.SubprocessError) as e:
+                raise _spawn_failure(e, spec.command, cwd) from None
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        self.master = master
+        self.popen = popen
+        self.pid = popen.pid
+        agent.children[self.pid] = self
+        self._flow()
+
+    def info(self) -> dict:
+        return {
+            "session_id": self.id,
+            "pid": self.pid,
+            "command": self.spec.command,
+            "args": list(self.spec.args),
+            "rows": self.rows,
+            "cols": self.cols,
+            "status": "exited" if self.finished else "running",
+            "exit_code": self.exit_code,
+            "connected": self.client is not None,
+            "created_at": self.created_at,
+            "ended_at": self.ended_at,
+        }
+
+    # -- output --
+    def _flow(self) -> None:
+        """Read the terminal only while its output has somewhere to go."""
+        if self.finished or self.master < 0 or self.eof:
+            return
+        client = self.client if self.ready else None
+        if client is None:
+            ok = len(self.pending) < PTY_BUFFER_LIMIT
+        else:
+            ok = client.buffered() <= PTY_WRITE_HIGH
+            if not ok and self.drain_task is None:
+                self.drain_task = self.loop.create_task(self._drained(client))
+        if ok and not self.reading:
+            self.loop.add_reader(self.master, self._on_readable)
+            self.reading = True
+        elif not ok:
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            try:
+                self.loop.remove_reader(self.master)
+            except Exception:
+                pass
+
+    async def _drained(self, client: FrameStream) -> None:
+        try:
+            await client.drain()
+        except Exception:
+            pass
+        finally:
+            self.drain_task = None
+            self._flow()
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.master, PTY_MESSAGE_MAX)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # EIO: no process has the terminal open any more
+            data = b""
+        if not data:
+            self._stop_reading()
+            self.eof = True
+            if self.reaped:
+                self._finish()
+            return
+        self._deliver(data)
+        self._flow()
+
+    def _deliver(self, data: bytes) -> None:
+        if self.client is not None and self.ready:
+            self.client.write(FRAME_BINARY, bytes([PTY_OP_DATA]) + data)
+        else:
+            self.pending += data
+
+    def _send_pending(self, client: FrameStream) -> None:
+        data = bytes(self.pending)
+        self.pending.clear()
+        for i in range(0, len(data), PTY_MESSAGE_MAX):
+            client.write(FRAME_BINARY, bytes([PTY_OP_DATA]) + data[i : i + PTY_MESSAGE_MAX])
+
+    def _send_exit(self, client: FrameStream) -> None:
+        code = self.exit_code if self.exit_code is not None else -1
+        client.write(FRAME_BINARY, struct.pack(">Bi", PTY_OP_EXIT, code))
+        client.close(1000, f"exit:{code}")
+        if self.client is client:
+            self.client = None
+            self.ready = False
+
+    # -- clients --
+    def attach(self, client: FrameStream) -> None:
+        old = self.client
+        if old is not None:
+            old.close(1008, "another client attached to this PTY session")
+        self.client = client
+        self.ready = False  # output is held until this client sends READY
+        self._flow()
+
+    def detach(self, client: FrameStream) -> None:
+        if self.client is client:
+            self.client = None
+            self.ready = False
+            self._flow()
+
+    def on_ready(self, client: FrameStream) -> None:
+        if self.client is not client or self.ready:
+            return
+        self.ready = True
+        self._send_pending(client)
+        if self.finished:
+            self._send_exit(client)
+        else:
+            self._flow()
+
+    async def write_input(self, data: bytes) -> None:
+        """Keystrokes into the terminal; dropped once it is gone. Waits while the terminal does not take them."""
+        async with self.input_lock:
+            view = memoryview(data)
+            while view:
+                fd = self.master
+                if fd < 0:
+                    return
+                try:
+                    view = view[os.write(fd, view) :]
+                    continue
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    return
+                fut = self.loop.create_future()
+                self.input_wait = fut
+
+                def _writable(f=fut):
+                    if not f.done():
+                        f.set_result(None)
+
+                self.loop.add_writer(fd, _writable)
+                try:
+                    await fut
+                except OSError:
+                    return
+                finally:
+                    if self.master == fd:
+                        self.loop.remove_writer(fd)
+                    if self.input_wait is fut:
+                        self.input_wait = None
+
+    def resize(self, cols: int, rows: int) -> None:
+        if self.master < 0 or not (0 < cols <= 65535 and 0 < rows <= 65535):
+            return
+        self.rows, self.cols = rows, cols
+        try:
+            fcntl.ioctl(self.master, termios.TIOCSWINSZ, _winsize(rows, cols))  # the kernel sends SIGWINCH
+        except OSError:
+            pass
+
+    # -- end --
+    def on_reaped(self, status: int) -> None:
+        if self.reaped:
+            return
+        self.reaped = True
+        self.ended_at = now_ms()
+        if os.WIFSIGNALED(status):
+            self.exit_code = 128 + os.WTERMSIG(status)
+        elif os.WIFEXITED(status):
+            self.exit_code = os.WEXITSTATUS(status)
+        else:
+            self.exit_code = -1
+        self.popen.returncode = self.exit_code  # so subprocess never waits for this pid itself
+        if self.eof or self.deleted:
+            self._finish()
+        else:  # a background job may hold the terminal open: wait a moment for the last output, no longer
+            self.grace_handle = self.loop.call_later(EXIT_DRAIN_GRACE, self._finish)
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.grace_handle is not None:
+            self.grace_handle.cancel()
+            self.grace_handle = None
+        self._stop_reading()
+        budget = PTY_FINAL_DRAIN
+        while not self.deleted and self.master >= 0 and budget > 0:
+            try:
+                data = os.read(self.master, PTY_MESSAGE_MAX)
+            except OSError:
+                break
+            if not data:
+                break
+            budget -= len(data)
+            self._deliver(data)
+        self._close_master()
+        if self.client is not None and self.ready:
+            self._send_exit(self.client)
+        self.agent.on_pty_finished()
+
+    def _close_master(self) -> None:
+        fd = self.master
+        if fd < 0:
+            return
+        self._stop_reading()
+        if self.input_wait is not None:
+            try:
+                self.loop.remove_writer(fd)
+            except Exception:
+                pass
+            if not self.input_wait.done():
+                self.input_wait.set_exception(BrokenPipeError(errno.EPIPE, "terminal closed"))
+            self.input_wait = None
+        self.master = -1
+        try:
+            os.close(fd)  # hangs up the terminal: what still runs on it gets SIGHUP
+        except OSError:
+            pass
+
+    def signal_group(self, sig: int) -> bool:
+        if self.reaped and self.pid in self.agent.children:
+            return False  # pid reused by another of our children
+        try:
+            os.killpg(self.pid, sig)
+            return True
+        except OSError:
+            pass
+        if not self.reaped:
+            try:
+                os.kill(self.pid, sig)
+                return True
+            except OSError:
+                return False
+        return False
+
+    def terminate(self) -> None:
+        """DELETE: the attached client is told, the process group is killed, the terminal hung up."""
+        self.deleted = True
+        if self.client is not None:
+            self.client.close(1001, "session terminated")
+            self.client = None
+            self.ready = False
+        if not self.reaped:
+            self.signal_group(signal.SIGKILL)
+        self._close_master()
+        self.pending.clear()
+        if self.reaped:
+            self._finish()
+
+
+async def open_local_port(port: int) -> tuple:
+    """A TCP connection to `port` inside the sandbox (IPv4 loopback, then IPv6). Raises OSError."""
+    try:
+        return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), TUNNEL_CONNECT_TIMEOUT)
+    except (OSError, asyncio.TimeoutError) as first:
+        try:
+            return await asyncio.wait_for(asyncio.open_connection("::1", port), TUNNEL_CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError):
+            pass
+        if isinstance(first, asyncio.TimeoutError):
+            raise OSError(errno.ETIMEDOUT, "connection timed out") from None
+        raise first
+
+
+async def relay_tunnel(stream: FrameStream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Bytes both ways until either side closes; the client is told when the in-sandbox peer closed."""
+
+    async def from_sandbox() -> None:
+        while True:
+            data = await reader.read(TUNNEL_READ)
+            if not data:
+                return
+            stream.write(FRAME_BINARY, data)
+            await stream.drain()
+
+    async def to_sandbox() -> None:
+        while True:
+            frame = await stream.read()
+            if frame is None or frame[0] == FRAME_CLOSE:
+                return
+            if frame[1]:
+                writer.write(frame[1])
+                await writer.drain()
+
+    up = asyncio.ensure_future(from_sandbox())
+    down = asyncio.ensure_future(to_sandbox())
+    try:
+        await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        if up.done():
+            failed = up.cancelled() or up.exception() is not None
+            stream.close(1011 if failed else 1000, "connection reset in the sandbox" if failed else "")
+    finally:
+        for t in (up, down):
+            t.cancel()
+        await asyncio.gather(up, down, return_exceptions=True)
+        try:
+            writer.close()
+        except Exception:
+            pass
+        stream.close(1000)
+
+
+# ----------------------------------------------------------------------------------------------------
 # The agent
 # ----------------------------------------------------------------------------------------------------
 
@@ -1399,6 +1918,7 @@ class Agent:
         self.base_env = {k: v for k, v in os.environ.items() if k not in AGENT_ENV_VARS}
         self.default_user = os.environ.get("TLE_DEFAULT_USER") or None
         self.dropped_finished = 0
+        self.pty_sessions: dict = {}  # session id -> PtySession, in creation order
 
     # -- reaping --
     def reap(self) -> None:
@@ -1644,6 +2164,27 @@ class Agent:
             if n == 2 and rest[1] == "list":
                 allow("GET")
                 return await self.h_list_dir(conn, req)
+        if head == "pty":
+            if n == 1:
+                allow("GET", "POST")
+                if m == "GET":
+                    return await conn.json(200, {"sessions": [s.info() for s in self.pty_sessions.values()]})
+                return await self.h_pty_create(conn, req)
+            session = self.pty_session(rest[1])
+            if n == 2:
+                allow("GET", "DELETE")
+                if m == "GET":
+                    return await conn.json(200, session.info())
+                return await self.h_pty_delete(conn, session)
+            if n == 3 and rest[2] == "ws":
+                allow("GET")
+                return await self.h_pty_attach(conn, req, session)
+            if n == 3 and rest[2] == "resize":
+                allow("POST")
+                return await self.h_pty_resize(conn, req, session)
+        if head == "tunnels" and n == 2 and rest[1] == "tcp":
+            allow("GET")
+            return await self.h_tunnel(conn, req)
         raise HttpError(404, "NOT_FOUND", f"No route for {req.method} {req.raw_path}")
 
     def daemon_info(self) -> dict:
@@ -1851,6 +2392,100 @@ class Agent:
             )
         child.close_stdin()
         await conn.send(204)
+
+    # -- PTY and tunnel handlers --
+    def pty_session(self, sid: str) -> PtySession:
+        session = self.pty_sessions.get(sid)
+        if session is None:
+            raise HttpError(404, "NOT_FOUND", f"PTY session {sid} not found")
+        return session
+
+    def on_pty_finished(self) -> None:
+        exited = [s for s in self.pty_sessions.values() if s.finished]
+        for s in exited[: max(0, len(exited) - MAX_EXITED_PTY)]:
+            del self.pty_sessions[s.id]
+
+    async def h_pty_create(self, conn: Connection, req: Request) -> None:
+        body = await self.read_json(req)
+        spec = parse_spec(body)
+        size = {}
+        for k, default in (("rows", 24), ("cols", 80)):
+            v = body.get(k)
+            if v is None:
+                v = default
+            if not _is_int(v) or not 0 < v <= 65535:
+                raise bad_request(f"`{k}` must be an integer in 1..65535")
+            size[k] = v
+        if sum(1 for s in self.pty_sessions.values() if not s.finished) >= MAX_PTY_SESSIONS:
+            raise HttpError(429, "TOO_MANY_SESSIONS", f"at most {MAX_PTY_SESSIONS} PTY sessions may run at once")
+        session = PtySession(self, spec, size["rows"], size["cols"])
+        try:
+            session.start()
+        except SpawnError as e:
+            raise HttpError(400, "SPAWN_FAILED", f"failed to start {spec.command}: {e.message}") from None
+        self.pty_sessions[session.id] = session
+        await conn.json(201, {"session_id": session.id, "token": session.token})
+
+    async def h_pty_delete(self, conn: Connection, session: PtySession) -> None:
+        self.pty_sessions.pop(session.id, None)
+        session.terminate()
+        await conn.send(204)
+
+    async def h_pty_resize(self, conn: Connection, req: Request, session: PtySession) -> None:
+        body = await self.read_json(req)
+        rows, cols = body.get("rows"), body.get("cols")
+        if not (_is_int(rows) and _is_int(cols) and 0 < rows <= 65535 and 0 < cols <= 65535):
+            raise bad_request("`rows` and `cols` must be integers in 1..65535")
+        session.resize(cols, rows)
+        await conn.json(200, session.info())
+
+    async def h_pty_attach(self, conn: Connection, req: Request, session: PtySession) -> None:
+        offered = [t for t in (req.qparam("token"), req.headers.get("x-pty-token")) if t]
+        good = session.token.encode()
+        if not any(secrets.compare_digest(t.encode("utf-8", "surrogateescape"), good) for t in offered):
+            raise HttpError(403, "INVALID_TOKEN", "Invalid token")
+        require_frames(req)
+        stream = await switch_to_frames(conn)
+        session.attach(stream)
+        try:
+            while True:
+                frame = await stream.read()
+                if frame is None or frame[0] == FRAME_CLOSE:
+                    break
+                kind, msg = frame
+                if kind != FRAME_BINARY or not msg:
+                    continue  # text messages are ignored
+                op = msg[0]
+                if op == PTY_OP_DATA:
+                    if len(msg) > 1:
+                        await session.write_input(msg[1:])
+                elif op == PTY_OP_RESIZE and len(msg) >= 5:
+                    cols, rows = struct.unpack(">HH", msg[1:5])
+                    session.resize(cols, rows)
+                elif op == PTY_OP_READY:
+                    session.on_ready(stream)
+        finally:
+            session.detach(stream)
+            stream.closed = True
+
+    async def h_tunnel(self, conn: Connection, req: Request) -> None:
+        try:
+            port = int(req.qparam("port") or "", 10)
+        except ValueError:
+            port = 0
+        if not 0 < port <= 65535:
+            raise bad_request("query parameter `port` must be an integer in 1..65535")
+        require_frames(req)
+        try:
+            reader, writer = await open_local_port(port)
+        except OSError as e:
+            raise HttpError(
+                502,
+                "TUNNEL_CONNECT_FAILED",
+                f"cannot connect to port {port} inside the sandbox: {e.strerror or e}",
+            ) from None
+        stream = await switch_to_frames(conn)
+        await relay_tunnel(stream, reader, writer)
 
     # -- file handlers --
     async def h_read_file(self, conn: Connection, req: Request) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ import httpx
 from emulator.agent_client import AgentClients
 from emulator.errors import EmulatorError, MissingSandboxId, SandboxNotReady
 from emulator.manager.sandboxes import SandboxManager
+from emulator.proxy.websocket import serve_websocket
 
 log = logging.getLogger(__name__)
 _HOP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te", b"trailer",
@@ -49,17 +51,21 @@ class ProxyApp:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] == "websocket":
-            # PTY and TCP tunnels (§9, §10) are not implemented yet: refuse the upgrade cleanly.
-            await send({"type": "websocket.close", "code": 1011, "reason": "not supported by this emulator"})
+            # PTY sessions and TCP tunnels (§9, §10): relayed into the agent, see proxy/websocket.py.
+            await serve_websocket(scope, receive, send, self._resolve, self.agents)
             return
         headers = {k.lower(): v for k, v in scope["headers"]}
         try:
-            ident = routing_value(headers)
-            rec, sock = await self.manager.ready_for_traffic(ident)
+            sandbox_id, sock = await self._resolve(headers)
         except EmulatorError as exc:
             await _send_error(send, exc.status, exc.message, exc.code)
             return
-        await self._forward(scope, receive, send, headers, rec.id, sock)
+        await self._forward(scope, receive, send, headers, sandbox_id, sock)
+
+    async def _resolve(self, headers: dict[bytes, bytes]) -> tuple[str, Path]:
+        """The sandbox a request is for (§1.2), woken first when it allows; raises EmulatorError."""
+        rec, sock = await self.manager.ready_for_traffic(routing_value(headers))
+        return rec.id, sock
 
     async def _forward(self, scope: dict[str, Any], receive: Any, send: Any, headers: dict[bytes, bytes],
                        sandbox_id: str, sock: Any) -> None:
