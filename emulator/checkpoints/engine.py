@@ -101,7 +101,19 @@ class CheckpointEngine:
             await self.run_canary()
 
     async def run_canary(self) -> None:
-        """Dump and restore a tiny container once, so 'criu check' passing is not taken on trust."""
+        """Dump and restore a tiny container, so 'criu check' passing is not taken on trust. One
+        retry: a transient hiccup of a busy host should not switch checkpoints off until restart."""
+        base = self.probe.reason
+        for attempt in (1, 2):
+            self.probe.ok, self.probe.reason = True, base
+            await self._canary_once()
+            if self.canary and self.canary["ok"]:
+                return
+            if attempt == 1:
+                log.info("checkpoints: the canary failed (%s); trying once more", self.probe.reason)
+        log.warning("checkpoints: NOT SUPPORTED on this host: %s", self.probe.reason)
+
+    async def _canary_once(self) -> None:
         image = self.canary_image
         t0 = time.monotonic()
         cid = None
@@ -124,7 +136,6 @@ class CheckpointEngine:
             self.canary = {"ok": False, "error": exc.message}
             self.probe.ok = False
             self.probe.reason = f"the CRIU canary (dump and restore of a tiny container) failed: {exc.message}"
-            log.warning("checkpoints: NOT SUPPORTED on this host: %s", self.probe.reason)
         finally:
             if cid is not None:
                 await self.backend.remove(cid)

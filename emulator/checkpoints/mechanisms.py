@@ -156,7 +156,9 @@ class RuncMechanism(DockerMechanism):
         out, _ = await proc.communicate()
         if proc.returncode != 0:
             detail = out.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
-            log_tail = await asyncio.to_thread(_tail, work / "dump.log", 3)
+            log_tail = await asyncio.to_thread(_errors, work / "dump.log", 3)
+            with contextlib.suppress(OSError):  # kept for diagnosis, next to the dumps
+                await asyncio.to_thread(shutil.copy, work / "dump.log", self.dump_root / "last-failed-dump.log")
             await asyncio.to_thread(shutil.rmtree, work, True)
             await asyncio.to_thread(shutil.rmtree, dest, True)
             raise EmulatorError(f"checkpoint failed: runc: {detail[0]}" + (f" (criu: {log_tail})" if log_tail else ""))
@@ -218,8 +220,11 @@ def _fresh_dir(path: Path) -> None:
     path.mkdir(parents=True)
 
 
-def _tail(path: Path, lines: int) -> str:
+def _errors(path: Path, lines: int) -> str:
+    """The first error lines of a CRIU log (the cause; the last lines only say that it failed)."""
     try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+        text = path.read_text(errors="replace").strip().splitlines()
     except OSError:
         return ""
+    errs = [ln for ln in text if "Error" in ln or "Timeout" in ln]
+    return " | ".join(errs[:lines] or text[-lines:])
