@@ -75,6 +75,44 @@ Behaviour notes
 * HTTP/1.1 with keep-alive; request bodies with ``Content-Length`` or ``Transfer-Encoding: chunked``;
   ``Expect: 100-continue`` is honoured. Errors are ``{"error": "...", "code": "..."}``.
 * On SIGTERM/SIGINT the agent SIGTERMs every process group, waits up to 3 s, SIGKILLs the rest and exits 0.
+
+PTY sessions and TCP tunnels
+----------------------------
+The SDK speaks WebSockets for these (PROTOCOL.md sections 9 and 10); the proxy turns each WebSocket into one
+upgraded connection on this socket: the same ``GET`` path, query and headers plus ``Connection: Upgrade`` and
+``Upgrade: tle-frames``. The agent validates, then answers ``101 Switching Protocols`` or an ordinary JSON
+error (which the proxy turns into the WebSocket's rejection with that status). After the 101 both sides send
+frames of 1 byte kind + 4 bytes big-endian length + payload: kind 0 = one binary WebSocket message, 1 = one
+text message, 2 = close (u16 code + UTF-8 reason). Without the upgrade headers these routes answer
+``426 UPGRADE_REQUIRED``.
+
+* ``POST /api/v1/pty`` ``{"command", "args"?, "env"?, "working_dir"?, "rows"?, "cols"?}`` -> ``201
+  {"session_id", "token"}``. The command runs on a new pseudo-terminal as a session leader with the terminal
+  as its controlling tty (``TERM=xterm-256color`` unless ``env`` sets it), as ``TLE_DEFAULT_USER`` when set,
+  as a child of the agent (reaped by the one SIGCHLD reaper; captured by a CRIU dump with everything else).
+  Spawn failures answer ``400 SPAWN_FAILED``; more than 256 live sessions ``429 TOO_MANY_SESSIONS``.
+* ``GET /api/v1/pty/{id}/ws`` (upgrade): the token must match in ``?token=`` or ``X-PTY-Token`` (else
+  ``403 INVALID_TOKEN``; unknown session ``404``). Client messages: ``0x00`` + keystrokes, ``0x01`` + cols u16
+  + rows u16 (TIOCSWINSZ, the kernel sends SIGWINCH), ``0x02`` READY; text messages are ignored. Output is
+  held until READY (up to 1 MiB; past that the terminal is not read, so the program blocks as on a stopped
+  terminal), then sent as ``0x00`` messages of at most 64 KiB. When the program has exited and its output is
+  collected (EOF on the terminal, or 250 ms after the exit when a background job keeps it open): ``0x03`` +
+  exit code i32 (128 + signal number for a signal death), then close 1000 ``exit:<code>``. One client at a
+  time: a new attach closes the previous one (1008). A client that leaves does not end the session; a later
+  attach (READY) gets what was held meanwhile, and the exit when it happened.
+* ``DELETE /api/v1/pty/{id}`` -> 204: an attached client gets close 1001 ``session terminated``, the process
+  group is SIGKILLed and the terminal hung up. Exited sessions stay listed (``GET /api/v1/pty``,
+  ``GET /api/v1/pty/{id}``) until deleted; beyond 64 the oldest are forgotten.
+  ``POST /api/v1/pty/{id}/resize`` ``{"rows", "cols"}`` also resizes.
+* ``GET /api/v1/tunnels/tcp?port=N`` (upgrade): the agent connects to ``127.0.0.1:N`` (then ``::1``) from
+  inside the sandbox, so tunnels work without any network; nothing listening -> ``502
+  TUNNEL_CONNECT_FAILED``. Then bytes flow verbatim both ways as binary messages; when the in-sandbox peer
+  closes, the client gets close 1000 (1011 if the connection was reset), and a client that leaves closes the
+  in-sandbox connection.
+* CRIU: a session survives suspend/resume and snapshots (the WebSocket is cut by the dump; attach again).
+  Stock CRIU (4.3) refuses to dump while a program on one of these terminals holds ``/dev/tty`` open (dash,
+  i.e. ``/bin/sh``, does; bash does not): "ctty inheritance detected", because the master side is held by
+  the agent, another process.
 """
 
 from __future__ import annotations
@@ -1446,7 +1484,7 @@ class PtySession:
     def start(self) -> None:
         agent, spec = self.agent, self.spec
         env = dict(agent.base_env)
-        env.setdefault("TERM", "xterm-256color")
+        env["TERM"] = "xterm-256color"  # the client is a terminal emulator, whatever the image says
         uid = gid = extra = None
         user = spec.user if spec.user is not None else agent.default_user
         if user is not None:

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -1138,3 +1139,301 @@ def test_real_sdk_against_agent(agent, tmpdir_path):
         assert "404" in str(ei.value) or getattr(ei.value, "status_code", None) == 404
     finally:
         fwd.close()
+
+
+# ------------------------------------------------------------------------------------------------ PTY, tunnels
+# The proxy's side of an upgraded connection, spoken directly: frames of 1 byte kind + 4 bytes length + payload.
+
+FRAME_BINARY, FRAME_TEXT, FRAME_CLOSE = 0, 1, 2
+
+
+class Frames:
+    def __init__(self, agent, target: str, headers: dict | None = None, upgrade: bool = True):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(15)
+        self.sock.connect(agent.socket)
+        head = f"GET {target} HTTP/1.1\r\nHost: sandbox\r\n"
+        if upgrade:
+            head += "Connection: Upgrade\r\nUpgrade: tle-frames\r\n"
+        for k, v in (headers or {}).items():
+            head += f"{k}: {v}\r\n"
+        self.sock.sendall(head.encode() + b"\r\n")
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            self.buf += chunk
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1])
+        self.headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        if self.status != 101:
+            n = int(self.headers.get("content-length", "0"))
+            while len(self.buf) < n:
+                self.buf += self.sock.recv(65536)
+            self.body = json.loads(self.buf[:n]) if n else None
+            self.sock.close()
+
+    def _exactly(self, n: int) -> bytes | None:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def recv(self) -> tuple | None:
+        head = self._exactly(5)
+        if head is None:
+            return None
+        kind, n = struct.unpack(">BI", head)
+        return kind, self._exactly(n) if n else b""
+
+    def send(self, payload: bytes, kind: int = FRAME_BINARY) -> None:
+        self.sock.sendall(struct.pack(">BI", kind, len(payload)) + payload)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        try:
+            self.send(struct.pack(">H", code) + reason.encode(), FRAME_CLOSE)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def pty_until_close(self, limit: float = 15.0) -> tuple:
+        """(terminal output, exit code from the 0x03 message or None, (close code, reason) or None)."""
+        out, code, closed = bytearray(), None, None
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            f = self.recv()
+            if f is None:
+                break
+            kind, p = f
+            if kind == FRAME_CLOSE:
+                closed = (struct.unpack(">H", p[:2])[0], p[2:].decode())
+                break
+            if p[:1] == b"\x00":
+                out += p[1:]
+            elif p[:1] == b"\x03":
+                code = struct.unpack(">i", p[1:5])[0]
+        return bytes(out), code, closed
+
+    def pty_read_until(self, needle: bytes, limit: float = 10.0) -> bytes:
+        out = bytearray()
+        deadline = time.monotonic() + limit
+        while needle not in out:
+            assert time.monotonic() < deadline, out
+            kind, p = self.recv()
+            assert kind == FRAME_BINARY, (kind, p)
+            if p[:1] == b"\x00":
+                out += p[1:]
+        return bytes(out)
+
+
+def pty_create(client: httpx.Client, **body) -> dict:
+    r = client.post("/api/v1/pty", json=body)
+    assert r.status_code == 201, r.text
+    data = r.json()
+    assert set(data) == {"session_id", "token"}
+    return data
+
+
+def pty_attach(agent, s: dict, how: str = "query") -> Frames:
+    sid, tok = s["session_id"], s["token"]
+    if how == "query":
+        f = Frames(agent, f"/api/v1/pty/{sid}/ws?token={tok}")
+    else:
+        f = Frames(agent, f"/api/v1/pty/{sid}/ws", {"X-PTY-Token": tok})
+    assert f.status == 101 and f.headers["upgrade"] == "tle-frames"
+    return f
+
+
+def test_pty_shell_round_trip(agent, client):
+    s = pty_create(client, command="/bin/sh", rows=30, cols=100, env={"PTY_VAR": "v1"})
+    f = pty_attach(agent, s, how="header")
+    f.send(b"\x02")  # READY
+    f.send(b"\x00stty size; echo var=$PTY_VAR term=$TERM\n")
+    out = f.pty_read_until(b"term=xterm-256color")
+    assert b"30 100" in out and b"var=v1" in out
+    f.send(struct.pack(">BHH", 1, 120, 40))  # RESIZE cols=120 rows=40
+    f.send(b"\x00stty size; tty; exit 7\n")
+    out, code, closed = f.pty_until_close()
+    assert b"40 120" in out and b"/dev/pts/" in out
+    assert code == 7 and closed == (1000, "exit:7")
+    info = client.get(f"/api/v1/pty/{s['session_id']}").json()
+    assert info["status"] == "exited" and info["exit_code"] == 7
+    assert not os.path.exists(f"/proc/{info['pid']}")  # reaped
+
+
+def test_pty_controlling_terminal_and_signal_exit(agent, client):
+    code = "import os,sys; print(os.getsid(0) == os.getpid(), os.tcgetpgrp(0) == os.getpgrp()); sys.stdout.flush()"
+    s = pty_create(client, command=sys.executable, args=["-c", code])
+    f = pty_attach(agent, s)
+    f.send(b"\x02")
+    out, exit_code, closed = f.pty_until_close()
+    assert b"True True" in out and exit_code == 0 and closed == (1000, "exit:0")
+    s = pty_create(client, command="sh", args=["-c", "kill -9 $$"])
+    f = pty_attach(agent, s)
+    f.send(b"\x02")
+    assert f.pty_until_close()[1:] == (137, (1000, "exit:137"))
+
+
+def test_pty_output_held_until_ready_and_exit_delivered_late(agent, client):
+    s = pty_create(client, command="sh", args=["-c", "echo early-bird; exit 5"])
+    wait_for(lambda: client.get(f"/api/v1/pty/{s['session_id']}").json()["status"] == "exited")
+    f = pty_attach(agent, s)
+    f.sock.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        f.recv()  # nothing before READY
+    f.sock.settimeout(15)
+    f.send(b"\x02")
+    out, code, closed = f.pty_until_close()
+    assert b"early-bird" in out and code == 5 and closed == (1000, "exit:5")
+    # the exited session can still be attached (and deleted) until it is deleted
+    f = pty_attach(agent, s)
+    f.send(b"\x02")
+    assert f.pty_until_close()[1] == 5
+    assert client.delete(f"/api/v1/pty/{s['session_id']}").status_code == 204
+    assert client.delete(f"/api/v1/pty/{s['session_id']}").status_code == 404
+
+
+def test_pty_big_output_without_client_is_not_lost(agent, client):
+    # 3 MiB while nobody reads: past 1 MiB the terminal is not read and the writer blocks, nothing is dropped
+    code = "import sys\nfor i in range(48000): sys.stdout.write('%07d' % i + 'x' * 57 + '\\n')"
+    s = pty_create(client, command=sys.executable, args=["-c", code])
+    time.sleep(1.0)
+    assert client.get(f"/api/v1/pty/{s['session_id']}").json()["status"] == "running"
+    f = pty_attach(agent, s)
+    f.send(b"\x02")
+    out, exit_code, closed = f.pty_until_close(limit=60)
+    lines = out.split(b"\r\n")
+    assert exit_code == 0 and closed == (1000, "exit:0")
+    assert len(lines) == 48001 and lines[-1] == b""
+    assert all(ln.startswith(b"%07d" % i) for i, ln in enumerate(lines[:-1]))
+
+
+def test_pty_detach_reattach_replace(agent, client):
+    s = pty_create(client, command="/bin/sh")
+    a = pty_attach(agent, s)
+    a.send(b"\x02")
+    a.send(b"\x00KEEP=kept\n")
+    a.pty_read_until(b"KEEP=kept")
+    a.close()  # the session lives on
+    b = pty_attach(agent, s)
+    b.send(b"\x02")
+    b.send(b"\x00echo got-$KEEP\n")
+    b.pty_read_until(b"got-kept")
+    c = pty_attach(agent, s)  # a newer client replaces b
+    assert b.pty_until_close()[2] == (1008, "another client attached to this PTY session")
+    c.send(b"\x02")
+    c.send(b"\x00exit 3\n")
+    assert c.pty_until_close()[1] == 3
+    sessions = client.get("/api/v1/pty").json()["sessions"]
+    assert s["session_id"] in [x["session_id"] for x in sessions]
+
+
+def test_pty_delete_terminates_attached_session(agent, client):
+    s = pty_create(client, command="sleep", args=["1000"])
+    f = pty_attach(agent, s)
+    f.send(b"\x02")
+    pid = client.get(f"/api/v1/pty/{s['session_id']}").json()["pid"]
+    assert client.delete(f"/api/v1/pty/{s['session_id']}").status_code == 204
+    assert f.pty_until_close()[1:] == (None, (1001, "session terminated"))
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
+    assert client.get(f"/api/v1/pty/{s['session_id']}").status_code == 404
+
+
+def test_pty_errors(agent, client):
+    s = pty_create(client, command="/bin/sh")
+    sid = s["session_id"]
+    f = Frames(agent, f"/api/v1/pty/{sid}/ws?token=wrong", {"X-PTY-Token": "also-wrong"})
+    assert f.status == 403 and f.body == {"error": "Invalid token", "code": "INVALID_TOKEN"}
+    f = Frames(agent, f"/api/v1/pty/{sid}/ws?token=wrong", {"X-PTY-Token": s["token"]})
+    assert f.status == 101  # either place may carry the good token
+    f.close()
+    f = Frames(agent, f"/api/v1/pty/nope/ws?token={s['token']}")
+    assert f.status == 404 and f.body["code"] == "NOT_FOUND"
+    f = Frames(agent, f"/api/v1/pty/{sid}/ws?token={s['token']}", upgrade=False)
+    assert f.status == 426 and f.body["code"] == "UPGRADE_REQUIRED"
+    r = client.post("/api/v1/pty", json={"command": "no-such-command-xyz"})
+    assert r.status_code == 400 and r.json()["code"] == "SPAWN_FAILED"
+    r = client.post("/api/v1/pty", json={"command": "sh", "rows": 0})
+    assert r.status_code == 400 and r.json()["code"] == "BAD_REQUEST"
+    r = client.post(f"/api/v1/pty/{sid}/resize", json={"rows": 10, "cols": 20})
+    assert r.status_code == 200 and (r.json()["rows"], r.json()["cols"]) == (10, 20)
+    assert client.delete(f"/api/v1/pty/{sid}").status_code == 204
+    assert client.get("/api/v1/health").json() == {"healthy": True}
+
+
+ECHO_SERVER = """
+import socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1])))
+srv.listen(8)
+print("listening", flush=True)
+while True:
+    c, _ = srv.accept()
+    first = c.recv(65536)
+    if first.startswith(b"BYE"):
+        c.sendall(b"bye now")
+        c.close()
+        continue
+    data = first
+    while data:
+        c.sendall(data)
+        data = c.recv(65536)
+    c.close()
+"""
+
+
+@pytest.fixture
+def echo_port(client):
+    port = _free_port()
+    proc = start(client, command=sys.executable, args=["-c", ECHO_SERVER, str(port)])
+    wait_for(lambda: client.get(f"/api/v1/processes/{proc['pid']}/stdout").json()["lines"] == ["listening"])
+    yield port
+    client.delete(f"/api/v1/processes/{proc['pid']}")
+
+
+def test_tunnel_echo_round_trip(agent, echo_port):
+    f = Frames(agent, f"/api/v1/tunnels/tcp?port={echo_port}")
+    assert f.status == 101
+    blob = os.urandom(3 * 1024 * 1024)
+    got = bytearray()
+
+    def reader():
+        while len(got) < len(blob):
+            fr = f.recv()
+            if fr is None or fr[0] != FRAME_BINARY:
+                return
+            got.extend(fr[1])
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for i in range(0, len(blob), 100_000):
+        f.send(blob[i : i + 100_000])
+    t.join(30)
+    assert bytes(got) == blob
+    f.close()
+
+
+def test_tunnel_peer_close_closes_stream(agent, echo_port):
+    f = Frames(agent, f"/api/v1/tunnels/tcp?port={echo_port}")
+    assert f.status == 101
+    f.send(b"BYE")
+    assert f.recv() == (FRAME_BINARY, b"bye now")
+    kind, payload = f.recv()
+    assert kind == FRAME_CLOSE and struct.unpack(">H", payload[:2])[0] == 1000
+    assert f.recv() is None
+
+
+def test_tunnel_errors(agent):
+    port = _free_port()  # nothing listens there
+    f = Frames(agent, f"/api/v1/tunnels/tcp?port={port}")
+    assert f.status == 502 and f.body["code"] == "TUNNEL_CONNECT_FAILED"
+    for bad in ("0", "70000", "x", ""):
+        f = Frames(agent, f"/api/v1/tunnels/tcp?port={bad}")
+        assert f.status == 400 and f.body["code"] == "BAD_REQUEST"
+    assert agent.client.get("/api/v1/health").json() == {"healthy": True}
