@@ -477,3 +477,27 @@ def test_follow_stream_during_suspend(emulator: EmulatorProcess) -> None:
         _assert_contiguous(vals)
     finally:
         sb.terminate()
+
+
+def test_failed_suspend_is_a_clear_error_not_a_hang(emulator: EmulatorProcess) -> None:
+    """A sandbox CRIU cannot dump (here, possibly: a live PTY session, whose controlling terminal
+    CRIU may refuse) answers the suspend with an error at once, and keeps running."""
+    name = f"pty-{_uid()}"
+    sb = Sandbox.create(name=name, memory_mb=256, request_timeout=T)
+    try:
+        pty = sb.create_pty("sh", on_data=lambda _b: None)
+        pty.send_input(b"echo hi\n")
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        try:
+            sb.suspend(timeout=W)
+        except RemoteAPIError as err:
+            assert err.status_code == 409 and "suspend of" in str(err)
+            assert _status(emulator.api_url, name)["status"] == "running"
+        else:
+            assert _status(emulator.api_url, name)["status"] == "suspended"
+            sb.resume(timeout=W)
+        assert time.monotonic() - t0 < 20
+        assert sb.run("echo", ["alive"]).stdout.strip() == "alive"
+    finally:
+        sb.terminate()

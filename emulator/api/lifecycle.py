@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from emulator.api import wire
-from emulator.errors import BadRequest, NotSupported
+from emulator.errors import BadRequest, InvalidState, NotSupported
 from emulator.manager.sandboxes import SandboxManager
 
 router = APIRouter()
@@ -143,6 +143,12 @@ async def _transition(request: Request, ident: str, target: str) -> JSONResponse
     if task is not None and wait:
         await asyncio.wait({task}, timeout=wait)
     done = rec.status == target
+    if not done and task is not None and task.done():
+        # It ended without reaching the target (a failed dump or restore): say why, rather than a
+        # 202 that would leave the SDK polling for a state that will not come.
+        failure = mgr.transition_error(rec.id)
+        if failure:
+            raise InvalidState(failure)
     return JSONResponse({"sandbox_id": rec.id, "status": rec.status}, status_code=200 if done else 202)
 
 

@@ -61,6 +61,7 @@ class SandboxManager:
         self._ready: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
+        self._transition_errors: dict[str, str] = {}
 
     # ---- start-up and shutdown ---------------------------------------------------------------
 
@@ -369,6 +370,7 @@ class SandboxManager:
         if rec.status != "running":
             raise InvalidState(f"Sandbox {rec.id} cannot be suspended while {rec.status}")
         self.checkpoints.require_memory("suspend")
+        self._transition_errors.pop(rec.id, None)
         rec.status = "suspending"
         await self.store.save_sandbox(rec)
         return self._spawn(self._do_suspend(rec), f"suspend-{rec.id}")
@@ -385,6 +387,7 @@ class SandboxManager:
                 rec.status, rec.deadline_ms = "suspended", None
             except EmulatorError as exc:
                 log.warning("suspend of %s failed: %s", rec.id, exc.message)
+                self._transition_errors[rec.id] = f"suspend of {rec.id} failed, it keeps running: {exc.message}"
                 rec.status = "running"
             await self.store.save_sandbox(rec)
 
@@ -397,9 +400,14 @@ class SandboxManager:
             return self._resume_tasks_get(rec)
         if rec.status != "suspended":
             raise InvalidState(f"Sandbox {rec.id} cannot be resumed while {rec.status}")
+        self._transition_errors.pop(rec.id, None)
         rec.status, rec.pending_reason = "pending", "waiting_for_container"
         await self.store.save_sandbox(rec)
         return self._spawn(self._do_resume(rec), f"resume-{rec.id}")
+
+    def transition_error(self, sandbox_id: str) -> str | None:
+        """Why the last suspend or resume of this sandbox failed (once)."""
+        return self._transition_errors.pop(sandbox_id, None)
 
     def _resume_tasks_get(self, rec: SandboxRecord) -> asyncio.Task[None] | None:
         return self._task_named(f"resume-{rec.id}")
@@ -419,6 +427,7 @@ class SandboxManager:
                 self._set_deadline(rec)
             except EmulatorError as exc:
                 log.warning("resume of %s failed: %s", rec.id, exc.message)
+                self._transition_errors[rec.id] = f"resume of {rec.id} failed, it stays suspended: {exc.message}"
                 rec.status, rec.pending_reason = "suspended", None
             await self.store.save_sandbox(rec)
 
