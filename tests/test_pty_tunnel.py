@@ -105,6 +105,24 @@ def test_create_pty_input_resize_exit(sb: Sandbox) -> None:
     assert b"40 120" in text and b"/dev/pts/" in text
 
 
+def test_terminal_is_the_controlling_tty(sb: Sandbox) -> None:
+    # session leader with the terminal as its controlling tty: job control and ^C work as in a real terminal
+    code = "import os; print('ctty', os.getsid(0) == os.getpid(), os.tcgetpgrp(0) == os.getpgrp(), flush=True)"
+    out = Output()
+    pty = sb.create_pty("python3", ["-c", code], on_data=out, connect_timeout=10)
+    assert pty.wait(timeout=WAIT) == 0
+    assert b"ctty True True" in out.data
+    out = Output()
+    pty = sb.create_pty("/bin/bash", on_data=out, connect_timeout=10)
+    pty.send_input("sleep 30\n")
+    time.sleep(0.5)
+    pty.send_input(b"\x03")  # ^C: the kernel signals the foreground job
+    pty.send_input("echo status-$?\n")
+    out.wait_for(b"status-130")
+    pty.send_input("exit 0\n")
+    assert pty.wait(timeout=WAIT) == 0
+
+
 def test_output_before_connect_is_held_until_ready(sb: Sandbox) -> None:
     session = sb.create_pty_session("sh", ["-c", "echo early-bird; exit 5"]).value
     assert set(session) >= {"session_id", "token"}

@@ -1437,3 +1437,24 @@ def test_tunnel_errors(agent):
         f = Frames(agent, f"/api/v1/tunnels/tcp?port={bad}")
         assert f.status == 400 and f.body["code"] == "BAD_REQUEST"
     assert agent.client.get("/api/v1/health").json() == {"healthy": True}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+def test_pty_runs_as_default_user_on_its_own_terminal():
+    import pwd
+
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' user")
+    a = Agent({"TLE_DEFAULT_USER": "nobody"})
+    try:
+        code = "import os; print('uid', os.getuid(), 'owner', os.stat(os.ttyname(0)).st_uid, os.environ['HOME'])"
+        s = pty_create(a.client, command="python3", args=["-c", code])  # one that `nobody` may run
+        f = pty_attach(a, s)
+        f.send(b"\x02")
+        out, exit_code, _ = f.pty_until_close()
+        assert exit_code == 0
+        assert f"uid {nobody.pw_uid} owner {nobody.pw_uid} {nobody.pw_dir}".encode() in out
+    finally:
+        a.stop()
