@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -21,6 +22,7 @@ import pytest
 from tensorlake.sandbox import AsyncSandbox, CheckpointType, Sandbox
 from tensorlake.sandbox.exceptions import RemoteAPIError, SandboxError
 
+from emulator.server import instance_label
 from sdk_shim.launcher import EmulatorProcess, free_port
 
 T = 60.0  # request_timeout of creates and connects
@@ -343,6 +345,16 @@ def test_filesystem_checkpoint_and_copy(emulator: EmulatorProcess) -> None:
         src.terminate()
 
 
+def _cleanup(data_dir: Path) -> None:
+    """What a test's own emulator left (snapshot images of a failed run): by its label only."""
+    label = f"dev.tensorlake-emulator.instance={instance_label(data_dir)}"
+    ids = subprocess.run(["docker", "images", "-q", "--filter", f"label={label}"], capture_output=True,
+                         text=True).stdout.split()
+    for image in dict.fromkeys(ids):
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
 # ---- restart survival and hosts without CRIU ------------------------------------------------------
 
 
@@ -377,6 +389,7 @@ def test_snapshots_and_suspended_sandboxes_survive_a_restart() -> None:
     finally:
         (second or first).stop()
         first.stop()
+        _cleanup(data_dir)
 
 
 def test_without_criu_memory_is_refused_and_filesystem_works() -> None:
@@ -406,6 +419,7 @@ def test_without_criu_memory_is_refused_and_filesystem_works() -> None:
             sb.terminate()
     finally:
         emu.stop()
+        _cleanup(data_dir)
 
 
 # ---- the product page's example, verbatim ---------------------------------------------------------
