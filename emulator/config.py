@@ -30,7 +30,9 @@ ENV_VARS: list[tuple[str, str, str, str]] = [
      "per-process output kept by the in-sandbox agent; older lines past it are dropped and reported"),
     ("TLE_STARTUP_TIMEOUT", "startup_timeout", "60", "seconds a sandbox may take to answer before it fails"),
     ("TLE_TERMINATE_ON_EXIT", "terminate_on_exit", "0", "1 = terminate every sandbox when the emulator stops"),
-    ("TLE_CHECKPOINT", "checkpoint_mode", "auto", "auto, docker or off: how suspend/checkpoint dump memory"),
+    ("TLE_CHECKPOINT", "checkpoint_mode", "auto",
+     "auto, runc, docker or off: how suspend/checkpoint dump memory (auto: runc where it works)"),
+    ("TLE_RUNC_ROOT", "runc_root", "/run/docker/runtime-runc/moby", "runc state folder of Docker's containers"),
     ("TLE_SESSION_LABEL", "session_label", "",
      "label every sandbox and snapshot with this session (as the X-TLE-Session header does); set by the pytest plugin"),
 ]
@@ -53,6 +55,7 @@ class Settings:
     startup_timeout: float = 60.0
     terminate_on_exit: bool = False
     checkpoint_mode: str = "auto"
+    runc_root: Path = Path("/run/docker/runtime-runc/moby")
     session_label: str = ""
 
     @property
@@ -68,6 +71,8 @@ class Settings:
             raw = env.get(var, default)
             if attr == "data_dir":
                 values[attr] = Path(raw or _default_data_dir())
+            elif attr == "runc_root":
+                values[attr] = Path(raw)
             elif types[attr] in ("int", int):
                 values[attr] = int(raw)
             elif types[attr] in ("float", float):

@@ -14,7 +14,7 @@ import uvicorn
 from emulator.agent_client import AgentClients
 from emulator.api.app import build_api
 from emulator.backend.docker import DockerBackend
-from emulator.checkpoints.engine import CheckpointEngine
+from emulator.checkpoints.engine import CheckpointEngine, choose_mechanism
 from emulator.checkpoints.probe import CriuProbe
 from emulator.config import Settings
 from emulator.manager.sandboxes import SandboxManager
@@ -51,8 +51,11 @@ async def serve(settings: Settings) -> None:
     else:
         probe = await CriuProbe.run(engine.experimental)
     log.info("checkpoints: %s", probe.reason if probe.ok else f"NOT SUPPORTED on this host: {probe.reason}")
-    checkpoints = CheckpointEngine(backend, store, settings.data_dir, Path(docker_info.get("DockerRootDir",
-                                   "/var/lib/docker")), probe)
+    docker_root = Path(docker_info.get("DockerRootDir", "/var/lib/docker"))
+    mechanism = choose_mechanism(backend, docker_root, settings.data_dir / "dumps", settings.checkpoint_mode,
+                                 settings.runtime, settings.runc_root)
+    checkpoints = CheckpointEngine(backend, store, settings.data_dir, docker_root, probe, mechanism,
+                                   settings.default_image)
     await checkpoints.start()
     manager = SandboxManager(settings, store, backend, agents, checkpoints)
     await manager.start()

@@ -57,10 +57,9 @@ def dir_size(path: Path) -> int:
 
 
 def choose_mechanism(backend: DockerBackend, docker_root: Path, dump_root: Path, mode: str,
-                     runtime: str) -> Mechanism:
+                     runtime: str, runc_root: Path) -> Mechanism:
     """TLE_CHECKPOINT: `runc` (dump with runc, restore through Docker), `docker` (Docker's API both
     ways), `auto` (runc where the runc runtime and Docker's runc state folder are there, else docker)."""
-    runc_root = Path(os.environ.get("TLE_RUNC_ROOT", "/run/docker/runtime-runc/moby"))
     if mode in ("auto", "runc") and runtime == "runc":
         why_not = RuncMechanism.available(runc_root)
         if why_not is None:
@@ -72,17 +71,14 @@ def choose_mechanism(backend: DockerBackend, docker_root: Path, dump_root: Path,
 
 class CheckpointEngine:
     def __init__(self, backend: DockerBackend, store: Store, data_dir: Path, docker_root: Path,
-                 probe: CriuProbe, mechanism: Mechanism | None = None, canary_image: str | None = None) -> None:
+                 probe: CriuProbe, mechanism: Mechanism, canary_image: str) -> None:
         self.backend = backend
         self.store = store
         self.dir = data_dir / "snapshots"
         self.docker_root = docker_root
         self.probe = probe
-        from emulator.config import Settings  # the mechanism follows TLE_CHECKPOINT / TLE_RUNTIME
-        settings = Settings.from_env()
-        self.mechanism: Mechanism = mechanism or choose_mechanism(backend, docker_root, data_dir / "dumps",
-                                                                  settings.checkpoint_mode, settings.runtime)
-        self.canary_image = canary_image or settings.default_image
+        self.mechanism = mechanism
+        self.canary_image = canary_image
         self.canary: dict[str, Any] | None = None
         self._snapshots: dict[str, SnapshotRecord] = {}
 
