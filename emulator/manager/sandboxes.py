@@ -546,8 +546,20 @@ class SandboxManager:
             if rec.name and self.checkpoints.memory_available:
                 log.info("sandbox %s reached its timeout: suspending (named)", rec.id)
                 rec.deadline_ms = None
-                await self.suspend(rec)
+                self._spawn(self._suspend_on_timeout(rec), f"timeout-suspend-{rec.id}")
             else:
                 log.info("sandbox %s reached its timeout: terminating", rec.id)
                 await self._terminate(rec, "timeout", "Success(Timeout)")
 
+    async def _suspend_on_timeout(self, rec: SandboxRecord) -> None:
+        """A named sandbox's lifetime ends in suspension; if the dump fails it must still end."""
+        try:
+            task = await self.suspend(rec)
+            if task is not None:
+                await task
+        except EmulatorError as exc:
+            self._transition_errors[rec.id] = exc.message
+        if rec.status == "running":
+            detail = self._transition_errors.get(rec.id, "suspend failed")
+            await self._terminate(rec, "timeout", "Success(Timeout)",
+                                  error_details=f"could not suspend at the timeout, terminated instead: {detail}")
