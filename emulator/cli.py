@@ -147,7 +147,8 @@ async def _docker_status(settings: Settings, instance: str, say: Callable[[str],
             mine = " (this data dir)" if inst == instance else ""
             say(f"  instance {inst}{mine}: {states.count('running')} running, "
                 f"{len(states) - states.count('running')} other")
-        sessions = {((c._container.get("Labels") or {}).get(LABEL_SESSION)) for c in containers} - {None}
+        sessions: set[str] = {label for c in containers
+                              if (label := (c._container.get("Labels") or {}).get(LABEL_SESSION))}
         if sessions:
             say(f"  test sessions with sandboxes: {', '.join(sorted(sessions))}")
     finally:

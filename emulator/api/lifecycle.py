@@ -105,7 +105,7 @@ async def create_sandbox(request: Request) -> Response:
 async def list_sandboxes(request: Request) -> JSONResponse:
     s = request.app.state.settings
     items = [wire.sandbox_info(r, s.advertised_proxy_url, s.runtime).model_dump(mode="json")
-             for r in _mgr(request).list(_ns(request))]
+             for r in _mgr(request).list_sandboxes(_ns(request))]
     return JSONResponse({"sandboxes": items})
 
 

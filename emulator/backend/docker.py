@@ -257,7 +257,7 @@ class DockerBackend:
 
     async def run_canary(self, image: str, command: list[str]) -> str:
         """Create and start a tiny labelled container (the CRIU start-up probe); returns its id."""
-        config = {
+        config: dict[str, Any] = {
             "Image": image, "Entrypoint": command, "Cmd": [],
             "Labels": {LABEL_INSTANCE: self._instance, LABEL_CANARY: "1"},
             "NetworkDisabled": True,

@@ -24,6 +24,7 @@ from emulator.backend.base import (
     EngineInfo,
     RuntimeBackend,
 )
+from emulator.checkpoints.engine import CheckpointEngine
 from emulator.config import Settings
 from emulator.errors import (
     BadRequest,
@@ -49,7 +50,7 @@ MIN_MEMORY_MB = 32
 
 class SandboxManager:
     def __init__(self, settings: Settings, store: Store, backend: RuntimeBackend, agents: AgentClients,
-                 checkpoints: Any) -> None:
+                 checkpoints: CheckpointEngine) -> None:
         self.settings = settings
         self.store = store
         self.backend = backend
@@ -133,7 +134,7 @@ class SandboxManager:
                 return rec
         raise NotFound(f"Sandbox '{ident}' not found in namespace '{namespace}'")
 
-    def list(self, namespace: str) -> list[SandboxRecord]:
+    def list_sandboxes(self, namespace: str) -> list[SandboxRecord]:
         return sorted((r for r in self._sandboxes.values() if r.namespace == namespace),
                       key=lambda r: r.created_at, reverse=True)
 
