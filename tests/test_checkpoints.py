@@ -493,6 +493,36 @@ def test_follow_stream_during_suspend(emulator: EmulatorProcess) -> None:
         sb.terminate()
 
 
+def test_follow_during_suspend_ends_and_does_not_wake_it(emulator: EmulatorProcess) -> None:
+    """With auto_resume on (the default), a follow cut by the suspend ends cleanly with what it had,
+    instead of reconnecting: a reconnect would be traffic that wakes the sandbox just suspended."""
+    name = f"fol2-{_uid()}"
+    sb = Sandbox.create(name=name, memory_mb=256, request_timeout=T)
+    try:
+        p = sb.start_process("python3", ["-u", "-c", COUNTER])
+        _wait_more(sb, p.pid, 3)
+        got: dict[str, list[str]] = {}
+        done = threading.Event()
+
+        def follow() -> None:
+            try:
+                got["lines"] = [e.line for e in sb.follow_stdout(p.pid)]
+            finally:
+                done.set()
+
+        threading.Thread(target=follow, daemon=True).start()
+        time.sleep(0.5)
+        sb.suspend(timeout=W)
+        assert done.wait(15), "the follow did not end with the suspend"
+        assert len(got.get("lines", [])) >= 3
+        time.sleep(2)
+        assert _status(emulator.api_url, name)["status"] == "suspended"
+        sb.resume(timeout=W)
+        _assert_contiguous(_wait_more(sb, p.pid, 3))
+    finally:
+        sb.terminate()
+
+
 def test_failed_suspend_is_a_clear_error_not_a_hang(emulator: EmulatorProcess) -> None:
     """A sandbox CRIU cannot dump (here, possibly: a live PTY session, whose controlling terminal
     CRIU may refuse) answers the suspend with an error at once, and keeps running."""

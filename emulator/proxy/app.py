@@ -6,6 +6,7 @@ in both directions, so a 50 MB upload or an endless follow stream never sits in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -86,18 +87,32 @@ class ProxyApp:
             err = SandboxNotReady(f"Sandbox {sandbox_id} is not answering yet: {type(exc).__name__}")
             await _send_error(send, err.status, err.message, err.code)
             return
+        started = False
         try:
             out_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.multi_items()
                            if k.lower() not in _RESP_HOP]
             await send({"type": "http.response.start", "status": response.status_code, "headers": out_headers})
+            started = True
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (httpx.HTTPError, OSError) as exc:
-            # The response has started; all we can do is cut it so the client sees it end early.
             log.info("stream from %s broke: %s", sandbox_id, exc)
+            if started and self._suspending(sandbox_id):
+                # Cut by a suspend: end the response cleanly. A cut one makes the SDK reconnect, and
+                # that traffic would auto-resume the sandbox the user has just suspended. The output
+                # stays in the agent; following again after the resume replays all of it.
+                with contextlib.suppress(OSError):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            # Otherwise the response is cut, so the client sees it end early.
         finally:
             await response.aclose()
+
+    def _suspending(self, sandbox_id: str) -> bool:
+        try:
+            return self.manager.resolve_route(sandbox_id).status in ("suspending", "suspended")
+        except EmulatorError:
+            return False
 
 
 async def _request_body(receive: Any) -> AsyncIterator[bytes]:
