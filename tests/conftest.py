@@ -34,6 +34,16 @@ def emulator() -> EmulatorProcess:
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def sb(emulator: EmulatorProcess):
+    """One sandbox shared by a module's data-plane tests (1 cpu, 512 MB), terminated afterwards."""
+    from tensorlake.sandbox import Sandbox
+
+    sandbox = Sandbox.create(cpus=1.0, memory_mb=512, request_timeout=REQ_TIMEOUT)
+    yield sandbox
+    sandbox.terminate()
+
+
 @pytest.fixture
 def api_url(emulator: EmulatorProcess) -> str:
     return emulator.api_url

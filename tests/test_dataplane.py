@@ -19,13 +19,6 @@ from sdk_shim.launcher import EmulatorProcess
 T = 60.0
 
 
-@pytest.fixture(scope="module")
-def sb(emulator: EmulatorProcess):
-    sandbox = Sandbox.create(cpus=1.0, memory_mb=512, request_timeout=T)
-    yield sandbox
-    sandbox.terminate()
-
-
 def test_run_exit_codes_and_streams(sb: Sandbox) -> None:
     r = sb.run("sh", ["-c", "echo out; echo err >&2; exit 3"])
     assert (r.exit_code, r.stdout.strip(), r.stderr.strip()) == (3, "out", "err")

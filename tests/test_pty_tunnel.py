@@ -33,13 +33,6 @@ WAIT = 20.0
 WEB_PORT = 8000
 
 
-@pytest.fixture(scope="module")
-def sb(emulator: EmulatorProcess):
-    sandbox = Sandbox.create(cpus=1.0, memory_mb=512, request_timeout=T)
-    yield sandbox
-    sandbox.terminate()
-
-
 class Output:
     """Collects terminal output from on_data (called on the SDK's reader thread)."""
 
