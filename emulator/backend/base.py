@@ -18,7 +18,8 @@ LABEL_SESSION = f"{LABEL_PREFIX}.session"
 LABEL_SNAPSHOT = f"{LABEL_PREFIX}.snapshot-id"
 
 AGENT_DIR_IN_SANDBOX = "/.tle/run"
-AGENT_SCRIPT_IN_SANDBOX = "/.tle/agent.py"
+# The agent package directory (emulator/agent), bind-mounted read-only and run as `python3 -B /.tle/agent`.
+AGENT_CODE_IN_SANDBOX = "/.tle/agent"
 AGENT_SOCKET_NAME = "agent.sock"
 
 
@@ -31,7 +32,7 @@ class ContainerSpec:
     pids_limit: int
     network: bool
     agent_dir: Path
-    agent_script: Path
+    agent_code: Path  # the agent package directory on the host
     entrypoint: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)

@@ -10,8 +10,8 @@ import aiodocker
 from aiodocker.exceptions import DockerError
 
 from emulator.backend.base import (
+    AGENT_CODE_IN_SANDBOX,
     AGENT_DIR_IN_SANDBOX,
-    AGENT_SCRIPT_IN_SANDBOX,
     AGENT_SOCKET_NAME,
     LABEL_INSTANCE,
     LABEL_PREFIX,
@@ -78,7 +78,9 @@ class DockerBackend:
             env["TLE_ENTRYPOINT"] = json.dumps(spec.entrypoint)
         config: dict[str, Any] = {
             "Image": spec.image,
-            "Entrypoint": ["python3", AGENT_SCRIPT_IN_SANDBOX, "--socket",
+            # -B: the agent's directory is mounted read-only, so no bytecode is written (the flag, unlike
+            # PYTHONDONTWRITEBYTECODE, is not inherited by the sandbox's own processes)
+            "Entrypoint": ["python3", "-B", AGENT_CODE_IN_SANDBOX, "--socket",
                            f"{AGENT_DIR_IN_SANDBOX}/{AGENT_SOCKET_NAME}"],
             "Cmd": [],
             "Env": [f"{k}={v}" for k, v in env.items()],
@@ -99,7 +101,7 @@ class DockerBackend:
                 "NetworkMode": "bridge" if spec.network else "none",
                 "Binds": [
                     f"{spec.agent_dir}:{AGENT_DIR_IN_SANDBOX}",
-                    f"{spec.agent_script}:{AGENT_SCRIPT_IN_SANDBOX}:ro",
+                    f"{spec.agent_code}:{AGENT_CODE_IN_SANDBOX}:ro",
                 ],
                 "Init": False,
             },

@@ -44,7 +44,7 @@ from emulator.manager.records import ResourceResize, SandboxRecord, now_ms
 from emulator.store.sqlite import Store
 
 log = logging.getLogger(__name__)
-AGENT_SCRIPT = Path(__file__).resolve().parent.parent / "agent" / "agent.py"
+AGENT_CODE = Path(__file__).resolve().parent.parent / "agent"  # the agent package, run as a directory
 MIN_MEMORY_MB = 32
 
 
@@ -228,7 +228,7 @@ class SandboxManager:
             sandbox_id=rec.id, image=image, cpus=rec.cpus, memory_mb=rec.memory_mb,
             pids_limit=self.settings.pids_limit,
             network=not (net is not None and net.get("allow_internet_access") is False),
-            agent_dir=agent_dir, agent_script=AGENT_SCRIPT, entrypoint=rec.entrypoint,
+            agent_dir=agent_dir, agent_code=AGENT_CODE, entrypoint=rec.entrypoint,
             env={"TLE_OUTPUT_LIMIT_BYTES": str(self.settings.agent_output_limit)},
             labels={LABEL_NAMESPACE: rec.namespace, **({LABEL_SESSION: rec.session_label}
                                                        if rec.session_label else {})},

@@ -1,4 +1,4 @@
-"""Tests of the in-sandbox agent (emulator/agent/agent.py), run as a real subprocess on the host.
+"""Tests of the in-sandbox agent (the emulator/agent package), run as a real subprocess on the host.
 
 The agent serves HTTP/1.1 on a unix socket; these tests talk to it with httpx over that socket, checking the
 exact wire shapes of PROTOCOL.md sections 5, 7 and 8. One test also drives the real tensorlake SDK at it
@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-AGENT = Path(__file__).resolve().parents[2] / "emulator" / "agent" / "agent.py"
+# Run as a directory, as in a sandbox (`python3 -B /.tle/agent`).
+AGENT = Path(__file__).resolve().parents[2] / "emulator" / "agent"
 # The agent must run on python3 >= 3.9; point this at another interpreter to check that.
 AGENT_PYTHON = os.environ.get("TLE_AGENT_TEST_PYTHON", sys.executable)
 
@@ -41,7 +42,7 @@ class Agent:
         self.log_path = os.path.join(self.dir, "agent.log")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [*self.prefix, AGENT_PYTHON, str(AGENT), "--socket", self.socket],
+            [*self.prefix, AGENT_PYTHON, "-B", str(AGENT), "--socket", self.socket],
             cwd=self.workdir,
             env=full_env,
             stdout=self._log,
@@ -169,6 +170,36 @@ def wait_exit(client: httpx.Client, ref, timeout: float = 10.0) -> dict:
 
 def fparams(path: str) -> dict:
     return {"path": path}
+
+
+# ------------------------------------------------------------------------------------------------ layout
+
+
+def _agent_modules() -> dict:
+    return {p.stem: p for p in sorted(AGENT.glob("*.py"))}
+
+
+def test_package_layout_is_safe_to_run_as_a_directory():
+    """`python3 /.tle/agent` puts the agent's directory first on sys.path: a module named like a stdlib module
+    would shadow it for the whole agent, and anything but the stdlib may be missing in the sandbox's image."""
+    import ast
+
+    modules = _agent_modules()
+    assert "__main__" in modules and not (AGENT / "__init__.py").exists()
+    stdlib = set(sys.stdlib_module_names)
+    assert not (set(modules) - {"__main__"}) & stdlib
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), str(path), feature_version=(3, 9))  # the oldest python3 supported
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{name}: relative import"
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                assert top in stdlib or top in modules, f"{name} imports {top}: neither stdlib nor the agent's"
 
 
 # ------------------------------------------------------------------------------------------------ basics

@@ -1,0 +1,121 @@
+"""Server-sent events: the encoding of output lines, and the replay-then-follow stream over an output buffer
+that ``run`` and ``.../follow`` answers are made of."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from json.encoder import encode_basestring_ascii as _json_str
+from typing import TYPE_CHECKING
+
+from agent_log import now_ms
+from output_buffer import STDERR, STDOUT, STREAM_NAMES, marker_text
+
+if TYPE_CHECKING:
+    from http_connection import Connection
+    from process_table import Proc
+
+KEEPALIVE_SECS = 15.0
+SSE_BATCH_LINES = 5000
+
+
+def sse_event(name: str, data: dict) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _first(item) -> int:
+    return item[0]
+
+
+def output_events(items: list) -> bytes:
+    """SSE output events for buffer items (stream, text, ts, cost), as sse_event() would write them."""
+    names = STREAM_NAMES
+    return "".join(
+        [
+            f'event: output\ndata: {{"line": {_json_str(t)}, "timestamp": {ts}, "stream": "{names[s]}"}}\n\n'
+            for s, t, ts, _c in items
+        ]
+    ).encode()
+
+
+def output_event(line: str, ts: int, stream: str) -> bytes:
+    # same bytes as sse_event("output", {...}); built by hand because it runs once per output line
+    return (
+        'event: output\ndata: {"line": '
+        + _json_str(line)
+        + ', "timestamp": '
+        + str(ts)
+        + ', "stream": "'
+        + stream
+        + '"}\n\n'
+    ).encode()
+
+
+async def stream_lines(conn: Connection, proc: Proc, streams: tuple) -> None:
+    """Replay the buffer from the start, then follow it until the entry is finished."""
+    buf = proc.buffer
+    want_all = len(streams) == 2
+    marker_stream = STREAM_NAMES[streams[0]] if len(streams) == 1 else "stderr"
+    cursor = 0
+    seen = [0, 0]  # per stream: how many of its lines lie before `cursor`
+    eof_watch = asyncio.ensure_future(conn.reader.read(1))
+    waiter = None
+    try:
+        while True:
+            out = []
+            if cursor < buf.first_seq:
+                # lines [cursor, first_seq) were dropped before this stream could send them
+                skipped = sum(buf.dropped[s] - seen[s] for s in streams)
+                seen = list(buf.dropped)
+                cursor = buf.first_seq
+                if skipped > 0:
+                    out.append(output_event(marker_text(skipped, buf.limit), now_ms(), marker_stream))
+            end = min(buf.next_seq, cursor + SSE_BATCH_LINES)
+            if cursor < end:
+                items = buf.slice(cursor, end)
+                cursor = end
+                n_err = sum(map(_first, items))
+                seen[STDERR] += n_err
+                seen[STDOUT] += len(items) - n_err
+                if want_all:
+                    out.append(output_events(items))
+                elif n_err == (len(items) if streams[0] == STDERR else 0):
+                    out.append(output_events(items))
+                else:
+                    only = streams[0]
+                    out.append(output_events([it for it in items if it[0] == only]))
+            if out:
+                await conn.chunk(b"".join(out))
+            if cursor < buf.next_seq:
+                await asyncio.sleep(0)  # a long backlog: let other connections run between batches
+                continue
+            if out:
+                continue
+            if cursor >= buf.next_seq and buf.closed:
+                return
+            if waiter is None or waiter.done():
+                waiter = buf.waiter()
+            done, _ = await asyncio.wait(
+                {waiter, eof_watch}, timeout=KEEPALIVE_SECS, return_when=asyncio.FIRST_COMPLETED
+            )
+            if eof_watch in done:
+                if (
+                    eof_watch.cancelled()
+                    or eof_watch.exception() is not None
+                    or eof_watch.result() == b""
+                ):
+                    raise ConnectionResetError("client went away")
+                # the client sent more bytes (pipelining): close the connection after this response
+                conn.close_after = True
+                eof_watch = asyncio.get_running_loop().create_future()
+            if not done:
+                await conn.chunk(b": keep-alive\n\n")
+    finally:
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+        if not eof_watch.done():
+            eof_watch.cancel()
+            try:
+                await eof_watch  # let the read really give up its place on the reader
+            except BaseException:
+                pass
