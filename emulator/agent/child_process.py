@@ -56,9 +56,9 @@ class Child:
         self.done = self.loop.create_future()
         self.partial = {STDOUT: bytearray(), STDERR: bytearray()}
         self.open_fds: dict = {}
-        self.grace_handle = None
-        self.escalate_handle = None
-        self.timeout_handle = None
+        self.grace_handle: asyncio.TimerHandle | None = None
+        self.escalate_handle: asyncio.TimerHandle | None = None
+        self.timeout_handle: asyncio.TimerHandle | None = None
         for fd, s in out_fds.items():
             os.set_blocking(fd, False)
             self.open_fds[fd] = s

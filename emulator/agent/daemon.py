@@ -32,10 +32,10 @@ class Agent:
         self.output_limit = output_limit
         self.table = ProcessTable(loop, output_limit, max_finished)
         self.start_wall = time.time()
-        self.server = None
+        self.server: asyncio.AbstractServer | None = None
         self.shutting_down = False
         self.stop_event: asyncio.Event | None = None
-        self.connections: set = set()
+        self.connections: set[asyncio.Task] = set()
         self.files = FileApi(self.table.default_owner)
         self.ptys = PtyApi(self.table)
         self.router = Router(ProcessApi(self.table), self.files, self.ptys, self.daemon_info)
@@ -51,14 +51,16 @@ class Agent:
             "total_processes": len(entries),
         }
 
-    async def _client(self, reader, writer) -> None:
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(self.router.dispatch, reader, writer)
-        task = asyncio.current_task()
-        self.connections.add(task)
+        task = asyncio.current_task()  # never None: the server runs each connection as a task
+        if task is not None:
+            self.connections.add(task)
         try:
             await conn.serve()
         finally:
-            self.connections.discard(task)
+            if task is not None:
+                self.connections.discard(task)
 
     def _start_entrypoint(self) -> None:
         raw = os.environ.get("TLE_ENTRYPOINT")

@@ -110,7 +110,7 @@ class FileApi:
         loop = asyncio.get_running_loop()
         umask = self.umask
 
-        def _prepare():
+        def _prepare() -> tuple:
             target = path
             if os.path.islink(target):
                 target = os.path.realpath(target)
@@ -130,6 +130,7 @@ class FileApi:
                         os.chown(d, default_owner[0], default_owner[1])
                     except OSError:
                         pass
+            owner: tuple | None
             try:
                 st = os.stat(target)
                 mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
@@ -216,11 +217,11 @@ class FileApi:
     async def h_list_dir(self, conn: Connection, req: Request) -> None:
         path = _validate_path(req)
 
-        def _list():
+        def _list() -> list[dict]:
             st = os.stat(path)
             if not stat.S_ISDIR(st.st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory")
-            entries = []
+            entries: list[dict] = []
             with os.scandir(path) as it:
                 for e in it:
                     try:

@@ -126,7 +126,7 @@ class Connection:
                 await self._handle(req)
                 if self.close_after:
                     return
-                if req.body is not None and not req.body.done:
+                if not req.body.done:
                     try:
                         ok = await asyncio.wait_for(req.body.discard(DRAIN_LEFTOVER_MAX), 30)
                     except Exception:
@@ -170,7 +170,6 @@ class Connection:
                     headers[name] = value
         except Exception:
             return None
-        req = Request(method.upper(), target, version, headers)
         conn_hdr = headers.get("connection", "").lower()
         if version == "HTTP/1.0":
             if "keep-alive" not in conn_hdr:
@@ -188,8 +187,7 @@ class Connection:
             except ValueError:
                 return None
         expect = "100-continue" in headers.get("expect", "").lower()
-        req.body = Body(self, length, chunked, expect)
-        return req
+        return Request(method.upper(), target, version, headers, Body(self, length, chunked, expect))
 
     async def _handle(self, req: Request) -> None:
         try:

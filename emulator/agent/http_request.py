@@ -109,7 +109,7 @@ class Body:
 
 
 class Request:
-    def __init__(self, method: str, target: str, version: str, headers: dict):
+    def __init__(self, method: str, target: str, version: str, headers: dict, body: Body):
         self.method = method
         self.target = target
         self.version = version
@@ -117,7 +117,7 @@ class Request:
         path, _, query = target.partition("?")
         self.raw_path = path
         self.query = parse_qs(query, keep_blank_values=True, errors="surrogateescape")
-        self.body: Body | None = None
+        self.body = body
 
     def qparam(self, name: str) -> str | None:
         vals = self.query.get(name)

@@ -41,7 +41,8 @@ class ProcessApi:
         if mcfg is not None and mcfg["name"] is not None:
             existing = self.table.by_name.get(mcfg["name"])
             if existing is not None:
-                if existing.managed.active or not existing.child.finished:
+                # by_name holds managed entries only; a stopped one whose process is gone gives up its name
+                if existing.managed is None or existing.managed.active or not existing.current.finished:
                     raise HttpError(
                         409,
                         "NAME_CONFLICT",
@@ -68,7 +69,7 @@ class ProcessApi:
             await conn.chunk(out + ex)
             await conn.end_chunked()
             return
-        child = proc.child
+        child = proc.current
         await conn.start_sse()
         await conn.chunk(sse_event("started", {"pid": child.pid, "started_at": child.started_at}))
         await stream_lines(conn, proc, (STDOUT, STDERR))
@@ -86,14 +87,14 @@ class ProcessApi:
             proc.managed.stop()
         else:
             # also reaches what is left of the group after the leader exited
-            proc.child.signal_group(signal.SIGKILL)
+            proc.current.signal_group(signal.SIGKILL)
         await conn.send(204)
 
     async def h_restart(self, conn: Connection, proc: Proc) -> None:
         if proc.managed is not None:
             await proc.managed.restart_now()
             return await conn.json(200, proc.info())
-        old = proc.child
+        old = proc.current
         if not old.reaped:
             old.signal_group(signal.SIGKILL)
         try:
@@ -109,14 +110,14 @@ class ProcessApi:
         sig = body.get("signal")
         if not is_int(sig) or (sig != 0 and sig not in {int(x) for x in signal.valid_signals()}):
             raise bad_request("`signal` must be a valid signal number, e.g. 15")
-        child = proc.child
+        child = proc.current
         if sig == signal.SIGKILL:
             child.kill_sent = True
         ok = child.signal_group(sig)
         await conn.json(200, {"success": bool(ok)})
 
     async def h_stdin(self, conn: Connection, req: Request, proc: Proc) -> None:
-        child = proc.child
+        child = proc.current
         if child.stdin_fd is None:
             why = "was not started with stdin_mode=pipe" if not child.stdin_pipe else "has its stdin closed"
             raise HttpError(
@@ -138,7 +139,7 @@ class ProcessApi:
         await conn.send(204)
 
     async def h_stdin_close(self, conn: Connection, proc: Proc) -> None:
-        child = proc.child
+        child = proc.current
         if not child.stdin_pipe:
             raise HttpError(
                 400,

@@ -3,25 +3,30 @@ again) and the supervision settings of a managed process."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from errors import bad_request
+
+if TYPE_CHECKING:
+    from typing import TypeGuard  # python >= 3.10, but annotations are never evaluated here
 
 
 class Spec:
     """A validated run/start request (everything needed to spawn, and to respawn)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.command = ""
         self.args: list = []
         self.env: dict = {}
         self.working_dir: str | None = None
         self.timeout: float | None = None
-        self.user = None
+        self.user: str | dict | None = None
         self.stdin_mode = "closed"
         self.stdout_mode = "capture"
         self.stderr_mode = "capture"
 
 
-def is_int(v) -> bool:
+def is_int(v) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 

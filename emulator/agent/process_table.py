@@ -10,6 +10,7 @@ import os
 import signal
 import time
 import traceback
+from typing import TYPE_CHECKING
 
 from agent_log import log
 from child_process import Child, read_oom_kills
@@ -18,6 +19,9 @@ from output_buffer import OutputBuffer
 from process_spec import Spec
 from spawning import launch_settings, resolve_user, start_piped
 from supervision import Managed
+
+if TYPE_CHECKING:
+    from pty_session import PtySession
 
 # The agent's own settings: removed from the environment that child processes inherit.
 AGENT_ENV_VARS = (
@@ -45,12 +49,20 @@ class Proc:
         return self.child.pid if self.child is not None else 0
 
     @property
+    def current(self) -> Child:
+        """The current Child. An entry joins the table only once spawned, so every entry there has one."""
+        child = self.child
+        if child is None:
+            raise RuntimeError(f"process entry {self.serial} was never spawned")
+        return child
+
+    @property
     def finished(self) -> bool:
         """No more output will come (follow streams end)."""
         return self.buffer.closed
 
     def info(self) -> dict:
-        c = self.child
+        c = self.current
         d = {
             "pid": c.pid,
             "status": c.status,
@@ -82,10 +94,10 @@ class ProcessTable:
         self.output_limit = output_limit
         self.max_finished = max_finished
         self.serial = itertools.count(1)
-        self.entries: dict = {}  # serial -> Proc, in start order
-        self.by_pid: dict = {}  # pid -> Proc (current pid of each entry)
-        self.by_name: dict = {}  # managed name -> Proc
-        self.children: dict = {}  # pid -> Child or PtySession, live (unreaped) children only
+        self.entries: dict[int, Proc] = {}  # serial -> Proc, in start order
+        self.by_pid: dict[int, Proc] = {}  # pid -> Proc (current pid of each entry)
+        self.by_name: dict[str, Proc] = {}  # managed name -> Proc
+        self.children: dict[int, Child | PtySession] = {}  # pid -> live (unreaped) children only
         self.oom_seen = read_oom_kills()
         self.base_env = {k: v for k, v in os.environ.items() if k not in AGENT_ENV_VARS}
         self.default_user = os.environ.get("TLE_DEFAULT_USER") or None

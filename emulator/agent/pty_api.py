@@ -24,7 +24,7 @@ MAX_EXITED_PTY = 64  # exited sessions kept (for a late attach, GET, DELETE); th
 class PtyApi:
     def __init__(self, table: ProcessTable):
         self.table = table
-        self.pty_sessions: dict = {}  # session id -> PtySession, in creation order
+        self.pty_sessions: dict[str, PtySession] = {}  # session id -> PtySession, in creation order
 
     async def h_list(self, conn: Connection) -> None:
         await conn.json(200, {"sessions": [s.info() for s in self.pty_sessions.values()]})

@@ -63,7 +63,7 @@ class PtySession:
         self.cols = cols
         self.created_at = now_ms()
         self.master = -1
-        self.popen = None
+        self.popen: subprocess.Popen | None = None
         self.pid = 0
         self.pending = bytearray()  # output no client has been sent yet
         self.client: FrameStream | None = None
@@ -75,7 +75,7 @@ class PtySession:
         self.deleted = False
         self.exit_code: int | None = None
         self.ended_at: int | None = None
-        self.grace_handle = None
+        self.grace_handle: asyncio.TimerHandle | None = None
         self.drain_task: asyncio.Task | None = None
         self.input_wait: asyncio.Future | None = None
         self.input_lock = asyncio.Lock()
@@ -288,7 +288,8 @@ class PtySession:
             self.exit_code = os.WEXITSTATUS(status)
         else:
             self.exit_code = -1
-        self.popen.returncode = self.exit_code  # so subprocess never waits for this pid itself
+        if self.popen is not None:  # always: the reaper knows the session only once it started
+            self.popen.returncode = self.exit_code  # so subprocess never waits for this pid itself
         if self.eof or self.deleted:
             self._finish()
         else:  # a background job may hold the terminal open: wait a moment for the last output, no longer

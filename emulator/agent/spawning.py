@@ -16,11 +16,12 @@ if TYPE_CHECKING:
     from process_spec import Spec
 
 
-def resolve_user(user) -> tuple:
-    """-> (uid, gid, extra_groups or None, pwd entry or None). Raises SpawnError."""
-    name = None
-    group = None
-    uid = gid = None
+def resolve_user(user: str | dict) -> tuple[int, int, list[int], pwd.struct_passwd | None]:
+    """-> (uid, gid, extra_groups, pwd entry or None). Raises SpawnError."""
+    name: str | None = None
+    group: str | None = None
+    uid: int | None = None
+    gid: int | None = None
     if isinstance(user, str):
         u, _, g = user.partition(":")
         group = g or None
@@ -40,6 +41,8 @@ def resolve_user(user) -> tuple:
             raise SpawnError(f"unable to find user {name}: no matching entries in passwd file", 126) from None
         uid = pw.pw_uid
     else:
+        if uid is None:  # parse_spec lets no user object through without `name` or `uid`
+            raise SpawnError("user without a name or a uid", 126)
         try:
             pw = pwd.getpwuid(uid)
         except KeyError:

@@ -58,7 +58,7 @@ async def stream_lines(conn: Connection, proc: Proc, streams: tuple) -> None:
     marker_stream = STREAM_NAMES[streams[0]] if len(streams) == 1 else "stderr"
     cursor = 0
     seen = [0, 0]  # per stream: how many of its lines lie before `cursor`
-    eof_watch = asyncio.ensure_future(conn.reader.read(1))
+    eof_watch: asyncio.Future[bytes] = asyncio.ensure_future(conn.reader.read(1))
     waiter = None
     try:
         while True:

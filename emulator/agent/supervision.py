@@ -41,7 +41,7 @@ class Managed:
         self.stopping = False
         self.restarting = False
         self.backoff_attempt = 0
-        self.restart_handle = None
+        self.restart_handle: asyncio.TimerHandle | None = None
         self.health_task: asyncio.Task | None = None
         self.lock = asyncio.Lock()
 
@@ -210,12 +210,7 @@ class Managed:
         timeout = max(10, hc["timeout_ms"]) / 1000.0
         writer = None
         try:
-            try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", hc["port"]), timeout
-                )
-            except ConnectionRefusedError:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection("::1", hc["port"]), timeout)
+            reader, writer = await _connect(hc["port"], timeout)
             if hc["type"] == "tcp":
                 return True
             path = hc.get("path") or "/"
@@ -233,3 +228,11 @@ class Managed:
                     writer.close()
                 except Exception:
                     pass
+
+
+async def _connect(port: int, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to `port` inside the sandbox for a health check: IPv4 loopback, IPv6 if that refuses."""
+    try:
+        return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    except ConnectionRefusedError:
+        return await asyncio.wait_for(asyncio.open_connection("::1", port), timeout)
