@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from sdk_shim.docker_sweep import session_selector, sweep_sync
 from sdk_shim.launcher import EmulatorProcess, free_port
 
 _API_PORT, _PROXY_PORT = free_port(), free_port()
@@ -20,9 +23,19 @@ os.environ["TENSORLAKE_API_URL"] = f"http://localhost:{_API_PORT}"
 os.environ.pop("TENSORLAKE_SANDBOX_API_URL", None)
 os.environ.pop("TENSORLAKE_API_KEY", None)
 os.environ.pop("INDEXIFY_NAMESPACE", None)
+# Every emulator these tests start inherits this label, so whatever they leave in Docker (snapshot
+# images of emulators whose data folder is gone, say) is swept by label when the session ends.
+SESSION_LABEL = f"tests-{uuid.uuid4().hex[:12]}"
+os.environ["TLE_SESSION_LABEL"] = SESSION_LABEL
 
 # Short SDK timeouts: the SDK's sync calls block in native code that pytest-timeout cannot interrupt.
 REQ_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_session_leftovers() -> Iterator[None]:
+    yield
+    sweep_sync(*session_selector(SESSION_LABEL))
 
 
 @pytest.fixture(scope="session")
