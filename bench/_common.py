@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -22,6 +23,12 @@ def start_emulator() -> EmulatorProcess:
     os.environ["TENSORLAKE_API_URL"] = f"http://localhost:{api}"
     return EmulatorProcess(data_dir=Path(tempfile.mkdtemp(prefix="tle-bench-")), api_port=api,
                            proxy_port=proxy).start()
+
+
+def stop_emulator(emu: EmulatorProcess) -> None:
+    """Stop it (its sandboxes are terminated on exit) and remove its data folder."""
+    emu.stop()
+    shutil.rmtree(emu.data_dir, ignore_errors=True)
 
 
 def pct(values: list[float], p: float) -> float:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import fmt, machine, pct, start_emulator  # noqa: E402
+from bench._common import fmt, machine, pct, start_emulator, stop_emulator  # noqa: E402
 
 emu = start_emulator()
 from tensorlake.sandbox import Sandbox  # noqa: E402
@@ -55,7 +55,7 @@ def main() -> None:
         print(f"50 MB download: {down:.2f} s  ({size / down / 2**20:.0f} MiB/s)")
         sb.terminate()
     finally:
-        emu.stop()
+        stop_emulator(emu)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import fmt, machine, pct, raw_docker_create_start, start_emulator  # noqa: E402
+from bench._common import fmt, machine, pct, raw_docker_create_start, start_emulator, stop_emulator  # noqa: E402
 
 emu = start_emulator()
 from tensorlake.sandbox import AsyncSandbox, Sandbox  # noqa: E402  (after TENSORLAKE_API_URL is set)
@@ -52,7 +52,7 @@ def main() -> None:
         print(f"SDK create->running (10 concurrent):  {fmt(conc)}  wall {wall:.2f} s")
         print(f"ratio SDK/raw p50 sequential: {pct(seq, 50) / pct(raw, 50):.2f}x")
     finally:
-        emu.stop()
+        stop_emulator(emu)
 
 
 if __name__ == "__main__":
