@@ -149,7 +149,7 @@ def bench_plain_criu(workload: str, runs: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--mechanisms", default=os.environ.get("BENCH_MECHANISMS", "docker"))
+    ap.add_argument("--mechanisms", default=os.environ.get("BENCH_MECHANISMS", "runc,docker"))
     args = ap.parse_args()
     print(f"# checkpoint benchmark — {machine()}, docker {docker('version', '-f', '{{.Server.Version}}')}, "
           f"medians of {args.runs} runs, sandbox 1 cpu / 1024 MB")
