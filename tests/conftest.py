@@ -39,7 +39,7 @@ def _sweep_session_leftovers() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def emulator() -> EmulatorProcess:
+def emulator() -> Iterator[EmulatorProcess]:
     data_dir = Path(tempfile.mkdtemp(prefix="tle-test-", dir="/tmp"))
     proc = EmulatorProcess(data_dir=data_dir, api_port=_API_PORT, proxy_port=_PROXY_PORT).start()
     yield proc

@@ -149,10 +149,11 @@ def test_fifty_megabyte_file_round_trip_memory_flat(sb: Sandbox, emulator: Emula
         for _ in range(50):
             f.write(os.urandom(1024 * 1024))
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    rss_before = _rss_kb(emulator.proc.pid)
+    assert emulator.pid is not None
+    rss_before = _rss_kb(emulator.pid)
     sb.upload_file(str(src), "/workspace/big.bin")
     got = sb.read_file("/workspace/big.bin").value
-    rss_after = _rss_kb(emulator.proc.pid)
+    rss_after = _rss_kb(emulator.pid)
     assert hashlib.sha256(got).hexdigest() == digest
     remote = sb.run("sha256sum", ["/workspace/big.bin"]).stdout.split()[0]
     assert remote == digest

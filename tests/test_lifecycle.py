@@ -225,6 +225,7 @@ def test_restart_keeps_running_sandbox_and_reconciles(tmp_path) -> None:
     sb.write_file("/workspace/keep.txt", b"kept")
     gone = Sandbox.create(api_url=url, request_timeout=T)
     # stop the emulator, remove one container behind its back, then restart on the same data folder
+    assert emu.proc is not None
     emu.proc.send_signal(15)
     emu.proc.wait(60)
     subprocess.run(["docker", "rm", "-f", f"tle-{gone.sandbox_id}"], capture_output=True, check=True)
