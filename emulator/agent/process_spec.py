@@ -122,13 +122,7 @@ def parse_managed(body: dict) -> dict | None:
             if policy not in ("never", "on_failure", "always"):
                 raise bad_request("`restart.policy` must be one of never, on_failure, always")
             rcfg["policy"] = policy
-        for k in ("max_restarts", "initial_backoff_ms", "max_backoff_ms"):
-            v = restart.get(k)
-            if v is None:
-                continue
-            if not is_int(v) or v < 0:
-                raise bad_request(f"`restart.{k}` must be a non-negative integer")
-            rcfg[k] = v
+        _copy_non_negative_ints(restart, rcfg, "restart", ("max_restarts", "initial_backoff_ms", "max_backoff_ms"))
     hcfg = None
     if hc is not None:
         if not isinstance(hc, dict):
@@ -150,11 +144,17 @@ def parse_managed(body: dict) -> dict | None:
             "timeout_ms": 500,
             "failure_threshold": 3,
         }
-        for k in ("initial_delay_ms", "interval_ms", "timeout_ms", "failure_threshold"):
-            v = hc.get(k)
-            if v is None:
-                continue
-            if not is_int(v) or v < 0:
-                raise bad_request(f"`health_check.{k}` must be a non-negative integer")
-            hcfg[k] = v
+        _copy_non_negative_ints(hc, hcfg, "health_check",
+                                ("initial_delay_ms", "interval_ms", "timeout_ms", "failure_threshold"))
     return {"name": name, "restart": rcfg, "health_check": hcfg}
+
+
+def _copy_non_negative_ints(src: dict, dst: dict, where: str, keys: tuple) -> None:
+    """Copy the given optional keys of `src` into `dst`, each a non-negative integer (400 otherwise)."""
+    for k in keys:
+        v = src.get(k)
+        if v is None:
+            continue
+        if not is_int(v) or v < 0:
+            raise bad_request(f"`{where}.{k}` must be a non-negative integer")
+        dst[k] = v

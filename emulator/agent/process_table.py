@@ -195,23 +195,21 @@ class ProcessTable:
                 p.managed.stopping = True
                 if p.managed.restart_handle is not None:
                     p.managed.restart_handle.cancel()
-        for child in list(self.children.values()):
-            child.signal_group(signal.SIGTERM)
-        if os.getpid() == 1:
-            try:
-                os.kill(-1, signal.SIGTERM)
-            except OSError:
-                pass
+        self._signal_everything(signal.SIGTERM)
         deadline = time.monotonic() + grace
         while self.children and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             self.reap()
-        for child in list(self.children.values()):
-            child.signal_group(signal.SIGKILL)
-        if os.getpid() == 1:
-            try:
-                os.kill(-1, signal.SIGKILL)
-            except OSError:
-                pass
+        self._signal_everything(signal.SIGKILL)
         await asyncio.sleep(0.05)
         self.reap()
+
+    def _signal_everything(self, sig: int) -> None:
+        """Every child's process group; as PID 1 also every other process of the container."""
+        for child in list(self.children.values()):
+            child.signal_group(sig)
+        if os.getpid() == 1:
+            try:
+                os.kill(-1, sig)
+            except OSError:
+                pass

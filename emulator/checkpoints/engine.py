@@ -191,9 +191,6 @@ class CheckpointEngine:
                        and (sandbox_id is None or s.sandbox_id == sandbox_id)),
                       key=lambda s: s.created_at, reverse=True)
 
-    def all_snapshots(self) -> list[SnapshotRecord]:
-        return list(self._snapshots.values())
-
     def check_restorable(self, snap: SnapshotRecord, cpus: float | None, memory_mb: int | None) -> None:
         if snap.status not in ("local_ready", "completed"):
             detail = f": {snap.error}" if snap.error else ""

@@ -138,9 +138,6 @@ class SandboxManager:
         return sorted((r for r in self._sandboxes.values() if r.namespace == namespace),
                       key=lambda r: r.created_at, reverse=True)
 
-    def all_records(self) -> list[SandboxRecord]:
-        return list(self._sandboxes.values())
-
     def socket_path(self, sandbox_id: str) -> Path:
         return self.settings.data_dir / "run" / sandbox_id / AGENT_SOCKET_NAME
 
