@@ -1,61 +1,79 @@
-"""Connections from the host to each sandbox's agent, over the unix socket in its host folder.
+"""Connections from the host to each sandbox's agent, over its verified unix socket channel.
 
 Shared by the manager (readiness checks, closing connections before a CRIU dump) and the proxy
-(forwarding the data plane). One connection pool per sandbox.
+(forwarding the data plane). One connection pool per sandbox; every new connection goes through
+`agent_channel.VerifiedAgentBackend`, so a link or a foreign socket in the sandbox's folder is never
+followed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
+import httpcore
 import httpx
+
+from emulator.agent_channel import AGENT_SOCKET_NAME, AgentEndpoint, AgentPids, PidLookup, VerifiedAgentBackend
 
 # Streams (follow, run, big files) have no total limit; only connecting is bounded.
 _TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=None, pool=10.0)
+_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=16)
 
 
 class AgentClients:
-    def __init__(self) -> None:
-        self._clients: dict[str, tuple[Path, httpx.AsyncClient]] = {}
+    """Pools of HTTP connections to agents, keyed by sandbox id.
 
-    def get(self, sandbox_id: str, socket_path: Path) -> httpx.AsyncClient:
+    `pid_lookup(container_id)` gives the host pid of a container's PID 1 (the engine's inspect); the
+    channel accepts only a listener with that pid.
+    """
+
+    def __init__(self, pid_lookup: PidLookup) -> None:
+        self._clients: dict[str, tuple[AgentEndpoint, httpx.AsyncClient]] = {}
+        self._pids = AgentPids(pid_lookup)
+
+    def get(self, sandbox_id: str, endpoint: AgentEndpoint) -> httpx.AsyncClient:
         entry = self._clients.get(sandbox_id)
-        if entry is not None and entry[0] == socket_path:
+        if entry is not None and entry[0] == endpoint:
             return entry[1]
         if entry is not None:
             asyncio.get_running_loop().create_task(entry[1].aclose())
-        client = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(socket_path)),
-            base_url="http://sandbox-agent",
-            timeout=_TIMEOUT,
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=16),
+        transport = httpx.AsyncHTTPTransport(uds=str(endpoint.run_dir / AGENT_SOCKET_NAME), limits=_LIMITS)
+        # httpx takes no network backend; its pool is replaced by the same pool with the verified one.
+        transport._pool = httpcore.AsyncConnectionPool(
+            max_connections=_LIMITS.max_connections,
+            max_keepalive_connections=_LIMITS.max_keepalive_connections,
+            keepalive_expiry=_LIMITS.keepalive_expiry,
+            uds=str(endpoint.run_dir / AGENT_SOCKET_NAME),
+            network_backend=VerifiedAgentBackend(endpoint, self._pids),
         )
-        self._clients[sandbox_id] = (socket_path, client)
+        client = httpx.AsyncClient(transport=transport, base_url="http://sandbox-agent", timeout=_TIMEOUT)
+        self._clients[sandbox_id] = (endpoint, client)
         return client
 
     async def close(self, sandbox_id: str) -> None:
         entry = self._clients.pop(sandbox_id, None)
         if entry is not None:
+            self._pids.forget(entry[0].container_id)
             await entry[1].aclose()
 
     async def close_all(self) -> None:
         for sid in list(self._clients):
             await self.close(sid)
 
-    async def healthy(self, sandbox_id: str, socket_path: Path) -> bool:
+    async def healthy(self, endpoint: AgentEndpoint) -> bool:
         try:
-            r = await self.get(sandbox_id, socket_path).get("/api/v1/health", timeout=2.0)
+            r = await self.get(endpoint.sandbox_id, endpoint).get("/api/v1/health", timeout=2.0)
             return r.status_code == 200
         except httpx.HTTPError:
             return False
 
-    async def wait_healthy(self, sandbox_id: str, socket_path: Path, timeout: float) -> bool:
+    async def wait_healthy(self, endpoint: AgentEndpoint, timeout: float) -> bool:
+        """Poll the agent's health until it answers 200 or `timeout` seconds pass."""
         deadline = time.monotonic() + timeout
         delay = 0.01
         while time.monotonic() < deadline:
-            if await self.healthy(sandbox_id, socket_path):
+            if await self.healthy(endpoint):
                 return True
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.2)

@@ -40,7 +40,7 @@ async def serve(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.data_dir / "state.sqlite3")
     backend = DockerBackend(settings.docker_host, settings.runtime, instance_label(settings.data_dir))
-    agents = AgentClients()
+    agents = AgentClients(backend.init_pid)
     engine = await backend.info()
     log.info("docker engine %s, runtimes %s, experimental=%s", engine.version, engine.runtimes, engine.experimental)
     if settings.runtime not in engine.runtimes:

@@ -20,7 +20,7 @@ Environment:
 
 ``TLE_AGENT_SOCKET``
     Socket path, used when ``--socket`` is not given (default ``/.tle/run/agent.sock``). A stale socket
-    file is removed before binding; the socket is chmod 0666.
+    file is removed before binding; the socket is chmod 0600 (only root reaches it).
 ``TLE_ENTRYPOINT``
     JSON list of strings. When set, it is started at boot as an ordinary (unmanaged) process: it shows in
     ``GET /api/v1/processes`` and its output is captured. The agent keeps serving whether or not it runs.

@@ -103,7 +103,7 @@ class Agent:
         self.server = await asyncio.start_unix_server(
             self._client, path=self.socket_path, limit=MAX_HEAD, backlog=1024
         )
-        os.chmod(self.socket_path, 0o666)
+        os.chmod(self.socket_path, 0o600)
         log(f"listening on {self.socket_path} (pid {os.getpid()}, output limit {self.output_limit} bytes)")
         self._start_entrypoint()
         await self.stop_event.wait()

@@ -9,10 +9,10 @@ from typing import Any
 import aiodocker
 from aiodocker.exceptions import DockerError
 
+from emulator.agent_channel import AGENT_SOCKET_NAME
 from emulator.backend.base import (
     AGENT_CODE_IN_SANDBOX,
     AGENT_DIR_IN_SANDBOX,
-    AGENT_SOCKET_NAME,
     LABEL_INSTANCE,
     LABEL_PREFIX,
     LABEL_SANDBOX,
@@ -141,6 +141,17 @@ class DockerBackend:
             raise BackendUnavailable(f"Docker inspect failed: {exc.message}") from exc
         labels = data["Config"].get("Labels") or {}
         return ContainerState(data["Id"], labels.get(LABEL_SANDBOX, ""), bool(data["State"].get("Running")), labels)
+
+    async def init_pid(self, container_id: str) -> int | None:
+        """Host pid of the container's PID 1 (the agent), or None when it is not running or gone."""
+        try:
+            data = await self.docker.containers.container(container_id).show()
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise BackendUnavailable(f"Docker inspect failed: {exc.message}") from exc
+        pid = int(data["State"].get("Pid") or 0)
+        return pid or None
 
     async def list_ours(self) -> list[ContainerState]:
         filters = json.dumps({"label": [f"{LABEL_INSTANCE}={self._instance}"]})

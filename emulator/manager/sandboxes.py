@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+from emulator.agent_channel import AGENT_SOCKET_NAME, AgentEndpoint
 from emulator.agent_client import AgentClients
 from emulator.backend.base import (
-    AGENT_SOCKET_NAME,
     LABEL_NAMESPACE,
     LABEL_SESSION,
     ContainerSpec,
@@ -122,6 +123,17 @@ class SandboxManager:
         for orphan in containers.values():
             log.info("removing orphan container %s (sandbox %s)", orphan.container_id[:12], orphan.sandbox_id)
             await self.backend.remove(orphan.container_id)
+        self._sweep_run_dirs()
+
+    def _sweep_run_dirs(self) -> None:
+        """Remove the host folders of sandboxes that are no longer live (left by a crash)."""
+        root = self.settings.data_dir / "run"
+        if not root.is_dir():
+            return
+        for entry in root.iterdir():
+            rec = self._sandboxes.get(entry.name)
+            if rec is None or not rec.live:
+                self._remove_run_dir(entry.name) if entry.is_dir() else entry.unlink(missing_ok=True)
 
     # ---- lookups -----------------------------------------------------------------------------
 
@@ -138,8 +150,32 @@ class SandboxManager:
         return sorted((r for r in self._sandboxes.values() if r.namespace == namespace),
                       key=lambda r: r.created_at, reverse=True)
 
-    def socket_path(self, sandbox_id: str) -> Path:
-        return self.settings.data_dir / "run" / sandbox_id / AGENT_SOCKET_NAME
+    def run_dir(self, sandbox_id: str) -> Path:
+        """The host folder bind-mounted at /.tle/run: written by the sandbox, so never trusted."""
+        return self.settings.data_dir / "run" / sandbox_id
+
+    def endpoint(self, rec: SandboxRecord) -> AgentEndpoint:
+        return AgentEndpoint(rec.id, self.run_dir(rec.id), rec.container_id)
+
+    def _make_run_dir(self, sandbox_id: str) -> Path:
+        # 0700 on both levels: no other local user can reach an agent socket (root in the sandbox).
+        # The sandbox can chmod its own folder, never the parent it cannot see.
+        parent = self.settings.data_dir / "run"
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        parent.chmod(0o700)
+        path = self.run_dir(sandbox_id)
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    def _clear_stale_socket(self, sandbox_id: str) -> None:
+        # unlink never follows a link; whatever the sandbox left there goes.
+        with contextlib.suppress(FileNotFoundError):
+            (self.run_dir(sandbox_id) / AGENT_SOCKET_NAME).unlink()
+
+    def _remove_run_dir(self, sandbox_id: str) -> None:
+        # rmtree works on dir fds with O_NOFOLLOW here (shutil.rmtree.avoids_symlink_attacks), so links
+        # the sandbox planted are removed, not followed; nothing it wrote outlives it on the host.
+        shutil.rmtree(self.run_dir(sandbox_id), ignore_errors=True)
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
@@ -218,8 +254,7 @@ class SandboxManager:
         return rec
 
     def _spec(self, rec: SandboxRecord, image: str) -> ContainerSpec:
-        agent_dir = self.socket_path(rec.id).parent
-        agent_dir.mkdir(parents=True, exist_ok=True)
+        agent_dir = self._make_run_dir(rec.id)
         net = rec.network_policy
         return ContainerSpec(
             sandbox_id=rec.id, image=image, cpus=rec.cpus, memory_mb=rec.memory_mb,
@@ -237,8 +272,7 @@ class SandboxManager:
                 if rec.status != "pending":
                     return  # cancelled before it started
                 rec.pending_reason = "waiting_for_container"
-                sock = self.socket_path(rec.id)
-                sock.unlink(missing_ok=True)
+                self._clear_stale_socket(rec.id)
                 if snap is not None:
                     rec.container_id = await self.checkpoints.restore_new(snap, self._spec(rec, snap.base_image))
                 else:
@@ -250,7 +284,7 @@ class SandboxManager:
                     await self.backend.remove(rec.container_id)
                     return
                 await self.store.save_sandbox(rec)
-                if not await self.agents.wait_healthy(rec.id, sock, self.settings.startup_timeout):
+                if not await self.agents.wait_healthy(self.endpoint(rec), self.settings.startup_timeout):
                     raise EmulatorError(f"the sandbox agent did not answer within {self.settings.startup_timeout}s "
                                         "(does the image have python3 >= 3.9 on PATH?)")
                 if rec.status != "pending":
@@ -348,14 +382,13 @@ class SandboxManager:
             await self.backend.remove(rec.container_id)
         if rec.suspend_checkpoint:
             await self.checkpoints.discard_suspend(rec)
-        with contextlib.suppress(OSError):
-            self.socket_path(rec.id).unlink(missing_ok=True)
-            self.socket_path(rec.id).parent.rmdir()
+        self._remove_run_dir(rec.id)
 
     async def _mark_terminated(self, rec: SandboxRecord, reason: str, details: str) -> None:
         rec.status, rec.pending_reason, rec.termination_reason = "terminated", None, reason
         rec.outcome, rec.error_details, rec.terminated_at = f"Failure({reason})", details, now_ms()
         await self.store.save_sandbox(rec)
+        self._remove_run_dir(rec.id)
 
     # ---- suspend / resume --------------------------------------------------------------------
 
@@ -416,9 +449,9 @@ class SandboxManager:
                 return  # terminated meanwhile
             try:
                 # The agent's listening socket is re-created by the restore; a stale file is in the way.
-                self.socket_path(rec.id).unlink(missing_ok=True)
+                self._clear_stale_socket(rec.id)
                 await self.checkpoints.resume(rec)
-                ok = await self.agents.wait_healthy(rec.id, self.socket_path(rec.id), 15)
+                ok = await self.agents.wait_healthy(self.endpoint(rec), 15)
                 if not ok:
                     raise EmulatorError("the agent did not answer after the restore")
                 rec.status, rec.pending_reason = "running", None
@@ -496,7 +529,7 @@ class SandboxManager:
             raise SandboxNotFound("Sandbox not found")
         return rec
 
-    async def ready_for_traffic(self, ident: str) -> tuple[SandboxRecord, Path]:
+    async def ready_for_traffic(self, ident: str) -> tuple[SandboxRecord, AgentEndpoint]:
         """The sandbox a data-plane request goes to, waking it first when auto_resume allows."""
         rec = self.resolve_route(ident)
         if rec.status == "snapshotting":
@@ -507,14 +540,14 @@ class SandboxManager:
             if rec.status == "snapshotting":
                 raise SandboxNotReady(f"Sandbox {rec.id} is being checkpointed")
         if rec.status == "running":
-            return rec, self.socket_path(rec.id)
+            return rec, self.endpoint(rec)
         resuming = rec.status == "pending" and rec.suspend_checkpoint is not None
         if (rec.status == "suspended" and rec.auto_resume) or resuming:
             task = await self.resume(rec)
             if task is not None:
                 await asyncio.wait({task}, timeout=2.5)
             if rec.status == "running":
-                return rec, self.socket_path(rec.id)
+                return rec, self.endpoint(rec)
             raise SandboxNotReady(f"Sandbox {rec.id} is resuming")
         if rec.status == "pending" or (rec.status == "suspending" and rec.auto_resume):
             raise SandboxNotReady(f"Sandbox {rec.id} is not ready yet (state: {rec.status})")

@@ -10,11 +10,11 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from emulator.agent_channel import AgentEndpoint
 from emulator.agent_client import AgentClients
 from emulator.errors import EmulatorError, MissingSandboxId, SandboxNotReady
 from emulator.manager.sandboxes import SandboxManager
@@ -63,7 +63,7 @@ class ProxyApp:
             return
         await self._forward(scope, receive, send, headers, sandbox_id, sock)
 
-    async def _resolve(self, headers: dict[bytes, bytes]) -> tuple[str, Path]:
+    async def _resolve(self, headers: dict[bytes, bytes]) -> tuple[str, AgentEndpoint]:
         """The sandbox a request is for (§1.2), woken first when it allows; raises EmulatorError."""
         rec, sock = await self.manager.ready_for_traffic(routing_value(headers))
         return rec.id, sock

@@ -24,12 +24,12 @@ import logging
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import httpcore
 import httpx
 
+from emulator.agent_channel import AgentEndpoint
 from emulator.agent_client import AgentClients
 from emulator.errors import EmulatorError, SandboxNotReady
 
@@ -50,7 +50,7 @@ NOT_READY_WAIT = 8.0
 _SKIP = {b"host", b"connection", b"upgrade", b"keep-alive", b"te", b"trailer", b"transfer-encoding",
          b"content-length", b"proxy-connection", b"origin"}
 
-Resolver = Callable[[dict[bytes, bytes]], Awaitable[tuple[str, Path]]]
+Resolver = Callable[[dict[bytes, bytes]], Awaitable[tuple[str, AgentEndpoint]]]
 
 
 async def serve_websocket(scope: dict[str, Any], receive: Any, send: Any, resolve: Resolver,
