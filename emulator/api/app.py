@@ -28,7 +28,7 @@ def build_api(settings: Settings, manager: SandboxManager) -> FastAPI:
             "engine": {"version": eng.version, "runtimes": eng.runtimes} if eng else None,
             "runtime": settings.runtime,
             "default_image": settings.default_image,
-            "checkpoints": manager.checkpoints.describe(),
+            "checkpoints": manager.describe_checkpoints(),
             "proxy_url": settings.advertised_proxy_url,
         })
 

@@ -6,7 +6,6 @@ The same router is mounted twice: under /v1/namespaces/{namespace} (local mode) 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any, TypeVar
 
@@ -15,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from emulator.api import wire
-from emulator.errors import BadRequest, InvalidState, NotSupported
+from emulator.errors import BadRequest, NotSupported
 from emulator.manager.sandboxes import SandboxManager
 
 router = APIRouter()
@@ -75,15 +74,8 @@ async def create_sandbox(request: Request) -> Response:
     req = await _parse(request, wire.CreateSandboxRequest)
     mgr = _mgr(request)
     proxy_url = request.app.state.settings.advertised_proxy_url
-    res = req.resources
-    rec = await mgr.create(
-        _ns(request), image=req.image, cpus=res.cpus if res else None, memory_mb=res.memory_mb if res else None,
-        disk_mb=res.disk_mb if res else None, timeout_secs=req.timeout_secs, entrypoint=req.entrypoint,
-        network=req.network.model_dump() if req.network else None, name=req.name, auto_resume=req.auto_resume,
-        exposed_ports=req.exposed_ports, allow_unauthenticated_access=req.allow_unauthenticated_access,
-        max_pending_secs=req.max_pending_secs, snapshot_id=req.snapshot_id,
-        session_label=request.headers.get("x-tle-session") or request.app.state.settings.session_label or None,
-    )
+    session = request.headers.get("x-tle-session") or request.app.state.settings.session_label or None
+    rec = await mgr.create(_ns(request), req.to_spec(session))
     if req.wait is False:
         return _json(wire.create_response(rec, proxy_url), 202)
     grace = request.headers.get("x-tensorlake-request-timeout-grace-ms")
@@ -139,17 +131,8 @@ async def _transition(request: Request, ident: str, target: str) -> JSONResponse
     mgr = _mgr(request)
     rec = mgr.lookup(_ns(request), ident)
     wait = _wait_ms(request)
-    task = await (mgr.suspend(rec) if target == "suspended" else mgr.resume(rec))
-    if task is not None and wait:
-        await asyncio.wait({task}, timeout=wait)
-    done = rec.status == target
-    if not done and task is not None and task.done():
-        # It ended without reaching the target (a failed dump or restore): say why, rather than a
-        # 202 that would leave the SDK polling for a state that will not come.
-        failure = mgr.transition_error(rec.id)
-        if failure:
-            raise InvalidState(failure)
-    return JSONResponse({"sandbox_id": rec.id, "status": rec.status}, status_code=200 if done else 202)
+    done = await (mgr.suspend(rec, wait) if target == "suspended" else mgr.resume(rec, wait))
+    return JSONResponse({"sandbox_id": rec.id, "status": str(rec.status)}, status_code=200 if done else 202)
 
 
 @router.post("/sandboxes/{ident}/suspend")
@@ -178,25 +161,24 @@ async def create_snapshot(request: Request, ident: str) -> JSONResponse:
 async def list_sandbox_snapshots(request: Request, ident: str) -> JSONResponse:
     mgr = _mgr(request)
     rec = mgr.lookup(_ns(request), ident)
-    snaps = mgr.checkpoints.list_snapshots(_ns(request), rec.id)
+    snaps = mgr.list_snapshots(_ns(request), rec.id)
     return JSONResponse({"snapshots": [wire.snapshot_info(s).model_dump(mode="json") for s in snaps]})
 
 
 @router.get("/snapshots")
 async def list_snapshots(request: Request) -> JSONResponse:
-    snaps = _mgr(request).checkpoints.list_snapshots(_ns(request))
+    snaps = _mgr(request).list_snapshots(_ns(request))
     return JSONResponse({"snapshots": [wire.snapshot_info(s).model_dump(mode="json") for s in snaps]})
 
 
 @router.get("/snapshots/{snapshot_id}")
 async def get_snapshot(request: Request, snapshot_id: str) -> JSONResponse:
-    return _json(wire.snapshot_info(_mgr(request).checkpoints.get_snapshot(_ns(request), snapshot_id)))
+    return _json(wire.snapshot_info(_mgr(request).get_snapshot(_ns(request), snapshot_id)))
 
 
 @router.delete("/snapshots/{snapshot_id}")
 async def delete_snapshot(request: Request, snapshot_id: str) -> Response:
-    cp = _mgr(request).checkpoints
-    await cp.delete_snapshot(cp.get_snapshot(_ns(request), snapshot_id))
+    await _mgr(request).delete_snapshot(_ns(request), snapshot_id)
     return Response(status_code=200)
 
 

@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from emulator.manager.records import SandboxRecord, SnapshotRecord
+from emulator.model.records import SandboxRecord, SnapshotRecord
+from emulator.model.spec import SandboxSpec
 
 # ---- requests ------------------------------------------------------------------------------------
 
@@ -56,6 +57,18 @@ class CreateSandboxRequest(_Request):
     exposed_ports: list[StrictInt] | None = None
     max_pending_secs: StrictInt | None = None
     wait: StrictBool | None = None
+
+    def to_spec(self, session_label: str | None) -> SandboxSpec:
+        """The create options, once (model/spec.py); `session_label` from the X-TLE-Session header."""
+        res = self.resources
+        return SandboxSpec(
+            image=self.image, cpus=res.cpus if res else None, memory_mb=res.memory_mb if res else None,
+            disk_mb=res.disk_mb if res else None, timeout_secs=self.timeout_secs, entrypoint=self.entrypoint,
+            network_policy=self.network.model_dump() if self.network else None, name=self.name,
+            auto_resume=self.auto_resume, exposed_ports=self.exposed_ports,
+            allow_unauthenticated_access=self.allow_unauthenticated_access,
+            max_pending_secs=self.max_pending_secs, snapshot_id=self.snapshot_id, session_label=session_label,
+        )
 
 
 class UpdateSandboxRequest(_Request):
@@ -153,7 +166,7 @@ def sandbox_url_for(rec: SandboxRecord, proxy_url: str) -> str | None:
 
 def sandbox_info(rec: SandboxRecord, proxy_url: str, runtime: str) -> SandboxInfo:
     return SandboxInfo(
-        id=rec.id, namespace=rec.namespace, name=rec.name, status=rec.status,
+        id=rec.id, namespace=rec.namespace, name=rec.name, status=str(rec.status),
         pending_reason=rec.pending_reason if rec.status == "pending" else None, image=rec.image,
         resources=Resources(cpus=rec.cpus, memory_mb=rec.memory_mb, disk_mb=rec.disk_mb,
                             ephemeral_disk_mb=rec.disk_mb),
@@ -169,7 +182,7 @@ def sandbox_info(rec: SandboxRecord, proxy_url: str, runtime: str) -> SandboxInf
 
 def create_response(rec: SandboxRecord, proxy_url: str, status: str | None = None) -> CreateSandboxResponse:
     return CreateSandboxResponse(
-        sandbox_id=rec.id, status=status or rec.status, name=rec.name,
+        sandbox_id=rec.id, status=status or str(rec.status), name=rec.name,
         sandbox_url=sandbox_url_for(rec, proxy_url), pending_reason=rec.pending_reason,
         reason=rec.termination_reason, termination_reason=rec.termination_reason,
         error_details=rec.error_details,

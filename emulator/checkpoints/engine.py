@@ -29,13 +29,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emulator.backend.base import LABEL_SNAPSHOT, ContainerSpec
-from emulator.backend.docker import DockerBackend
+from emulator.backend.base import LABEL_SNAPSHOT, ContainerSpec, RuntimeBackend
 from emulator.checkpoints.mechanisms import DockerMechanism, Mechanism, RuncMechanism
 from emulator.checkpoints.probe import CriuProbe
 from emulator.errors import BadRequest, EmulatorError, NotFound, NotSupported
-from emulator.manager.ids import new_snapshot_id
-from emulator.manager.records import SandboxRecord, SnapshotRecord
+from emulator.model.ids import new_snapshot_id
+from emulator.model.records import SandboxRecord, SnapshotRecord
 from emulator.store.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ def dir_size(path: Path) -> int:
     return total
 
 
-def choose_mechanism(backend: DockerBackend, docker_root: Path, dump_root: Path, mode: str,
+def choose_mechanism(backend: RuntimeBackend, docker_root: Path, dump_root: Path, mode: str,
                      runtime: str, runc_root: Path) -> Mechanism:
     """TLE_CHECKPOINT: `runc` (dump with runc, restore through Docker), `docker` (Docker's API both
     ways), `auto` (runc where the runc runtime and Docker's runc state folder are there, else docker)."""
@@ -70,7 +69,7 @@ def choose_mechanism(backend: DockerBackend, docker_root: Path, dump_root: Path,
 
 
 class CheckpointEngine:
-    def __init__(self, backend: DockerBackend, store: Store, data_dir: Path, docker_root: Path,
+    def __init__(self, backend: RuntimeBackend, store: Store, data_dir: Path, docker_root: Path,
                  probe: CriuProbe, mechanism: Mechanism, canary_image: str) -> None:
         self.backend = backend
         self.store = store
@@ -204,10 +203,7 @@ class CheckpointEngine:
     async def new_snapshot(self, rec: SandboxRecord, kind: str) -> SnapshotRecord:
         snap = SnapshotRecord(
             id=new_snapshot_id(), namespace=rec.namespace, sandbox_id=rec.id, snapshot_type=kind,  # type: ignore[arg-type]
-            base_image=rec.image, cpus=rec.cpus, memory_mb=rec.memory_mb, disk_mb=rec.disk_mb,
-            entrypoint=rec.entrypoint, network_policy=rec.network_policy, exposed_ports=rec.exposed_ports,
-            allow_unauthenticated_access=rec.allow_unauthenticated_access, timeout_secs=rec.timeout_secs,
-            session_label=rec.session_label,
+            base_image=rec.image, session_label=rec.session_label, **rec.options(),
         )
         self._snapshots[snap.id] = snap
         await self.store.save_snapshot(snap)

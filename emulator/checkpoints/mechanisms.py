@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-from emulator.backend.docker import DockerBackend
+from emulator.backend.base import RuntimeBackend
 from emulator.errors import EmulatorError
 
 
@@ -66,7 +66,7 @@ def move_tree(src: Path, dst: Path) -> None:
 class DockerMechanism:
     name = "docker"
 
-    def __init__(self, backend: DockerBackend, docker_root: Path) -> None:
+    def __init__(self, backend: RuntimeBackend, docker_root: Path) -> None:
         self.backend = backend
         self.docker_root = docker_root
 
@@ -124,7 +124,7 @@ class RuncMechanism(DockerMechanism):
 
     name = "runc"
 
-    def __init__(self, backend: DockerBackend, docker_root: Path, runc_root: Path, dump_root: Path,
+    def __init__(self, backend: RuntimeBackend, docker_root: Path, runc_root: Path, dump_root: Path,
                  runc: str = "runc") -> None:
         super().__init__(backend, docker_root)
         self.runc_root = runc_root

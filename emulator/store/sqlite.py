@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from emulator.manager.records import SandboxRecord, SnapshotRecord
+from emulator.model.records import SandboxRecord, SnapshotRecord
 
 SCHEMA_VERSION = 1
 _SCHEMA = """

@@ -6,7 +6,7 @@ import pytest
 
 from emulator.config import Settings, env_help
 from emulator.errors import MissingSandboxId
-from emulator.manager.ids import new_sandbox_id, valid_name
+from emulator.model.ids import new_sandbox_id, valid_name
 from emulator.proxy.app import routing_value
 
 

@@ -1,0 +1,57 @@
+"""What the manager's parts share: settings, the table, the engine, the agents and the checkpoint engine."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from emulator.agent_client import AgentClients
+from emulator.backend.base import EngineInfo, RuntimeBackend
+from emulator.checkpoints.engine import CheckpointEngine
+from emulator.config import Settings
+from emulator.manager.run_dirs import RunDirs
+from emulator.manager.table import SandboxTable
+from emulator.manager.tasks import TaskSet
+from emulator.model.records import SandboxRecord, now_ms
+from emulator.model.states import SandboxStatus
+
+log = logging.getLogger("emulator.manager")
+
+
+@dataclass
+class ManagerContext:
+    settings: Settings
+    table: SandboxTable
+    backend: RuntimeBackend
+    agents: AgentClients
+    checkpoints: CheckpointEngine
+    run_dirs: RunDirs
+    tasks: TaskSet = field(default_factory=TaskSet)
+    engine: EngineInfo | None = None
+    # why the last suspend or resume of a sandbox failed, read once by the API
+    transition_errors: dict[str, str] = field(default_factory=dict)
+
+    def set_deadline(self, rec: SandboxRecord) -> None:
+        """A running sandbox's deadline: now + timeout_secs (ms), or none."""
+        rec.deadline_ms = now_ms() + rec.timeout_secs * 1000 if rec.timeout_secs else None
+
+    async def terminate(self, rec: SandboxRecord, reason: str, outcome: str,
+                        error_details: str | None = None) -> None:
+        """End a sandbox: record first (so a crash mid-way is reconciled), then remove the container,
+        its suspend dump and its run folder. A no-op for a terminated sandbox."""
+        if not rec.live:
+            return
+        await self.table.move(rec, SandboxStatus.terminated, termination_reason=reason, outcome=outcome,
+                              error_details=error_details)
+        await self.agents.close(rec.id)
+        if rec.container_id:
+            await self.backend.remove(rec.container_id)
+        if rec.suspend_checkpoint:
+            await self.checkpoints.discard_suspend(rec)
+        self.run_dirs.remove(rec.id)
+
+    async def mark_lost(self, rec: SandboxRecord, reason: str, details: str) -> None:
+        """A sandbox whose container is gone or stopped: terminated with `Failure(reason)`."""
+        await self.table.move(rec, SandboxStatus.terminated, termination_reason=reason,
+                              outcome=f"Failure({reason})", error_details=details)
+        self.run_dirs.remove(rec.id)

@@ -1,0 +1,68 @@
+"""Starting a sandbox's container (fresh or restored from a snapshot) until its agent answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from emulator.backend.base import LABEL_NAMESPACE, LABEL_SESSION, ContainerSpec
+from emulator.errors import EmulatorError
+from emulator.manager.context import ManagerContext
+from emulator.model.records import SandboxRecord, SnapshotRecord
+from emulator.model.states import SandboxStatus
+
+log = logging.getLogger(__name__)
+AGENT_CODE = Path(__file__).resolve().parent.parent / "agent"  # the agent package, run as a directory
+
+
+def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> ContainerSpec:
+    """The container a sandbox record asks for (its run folder is made here)."""
+    net = rec.network_policy
+    return ContainerSpec(
+        sandbox_id=rec.id, image=image, cpus=rec.cpus, memory_mb=rec.memory_mb,
+        pids_limit=ctx.settings.pids_limit,
+        network=not (net is not None and net.get("allow_internet_access") is False),
+        agent_dir=ctx.run_dirs.make(rec.id), agent_code=AGENT_CODE, entrypoint=rec.entrypoint,
+        env={"TLE_OUTPUT_LIMIT_BYTES": str(ctx.settings.agent_output_limit)},
+        labels={LABEL_NAMESPACE: rec.namespace, **({LABEL_SESSION: rec.session_label}
+                                                   if rec.session_label else {})},
+    )
+
+
+async def launch(ctx: ManagerContext, rec: SandboxRecord, snap: SnapshotRecord | None) -> None:
+    """pending -> running once the agent answers; any failure terminates with the reason on record.
+
+    A terminate during the launch (the record leaves pending) stops it and removes what it made.
+    """
+    try:
+        async with ctx.table.lock(rec.id):
+            if rec.status != SandboxStatus.pending:
+                return  # cancelled before it started
+            rec.pending_reason = "waiting_for_container"
+            ctx.run_dirs.clear_socket(rec.id)
+            if snap is not None:
+                rec.container_id = await ctx.checkpoints.restore_new(snap, container_spec(ctx, rec, snap.base_image))
+            else:
+                rec.container_id = await ctx.backend.create(container_spec(ctx, rec, rec.image))
+                await ctx.table.save(rec)
+                await ctx.backend.start(rec.container_id)
+            if rec.status != SandboxStatus.pending:
+                # Terminated (cancelled) while the container was being made: do not leak it.
+                await ctx.backend.remove(rec.container_id)
+                return
+            await ctx.table.save(rec)
+            if not await ctx.agents.wait_healthy(ctx.run_dirs.endpoint(rec), ctx.settings.startup_timeout):
+                raise EmulatorError(f"the sandbox agent did not answer within {ctx.settings.startup_timeout}s "
+                                    "(does the image have python3 >= 3.9 on PATH?)")
+            if rec.status != SandboxStatus.pending:
+                return
+            ctx.set_deadline(rec)
+            await ctx.table.move(rec, SandboxStatus.running)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # any failure of a launch ends the sandbox, with the reason on record
+        log.warning("sandbox %s failed to start: %s", rec.id, exc)
+        reason = exc.code if isinstance(exc, EmulatorError) else "StartupError"
+        message = exc.message if isinstance(exc, EmulatorError) else f"{type(exc).__name__}: {exc}"
+        await ctx.terminate(rec, reason, f"Failure({reason})", error_details=message)

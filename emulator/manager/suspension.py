@@ -1,0 +1,115 @@
+"""Suspend, resume and snapshots of one sandbox (docs/protocol.md §6.4-§6.6, the SDK's `suspend`,
+`resume`, `checkpoint`): the state moves here, the dumps in the checkpoint engine."""
+
+from __future__ import annotations
+
+import logging
+
+from emulator.errors import EmulatorError, EphemeralSandbox, InvalidState
+from emulator.manager.context import ManagerContext
+from emulator.model.records import SandboxRecord, SnapshotRecord
+from emulator.model.states import SandboxStatus
+
+log = logging.getLogger(__name__)
+S = SandboxStatus
+
+
+async def start_suspend(ctx: ManagerContext, rec: SandboxRecord) -> bool:
+    """running -> suspending, the dump in the background. False when already suspended.
+
+    Raises EphemeralSandbox (no name), InvalidState (not running), NotSupported (no CRIU).
+    """
+    if not rec.name:
+        raise EphemeralSandbox(f"Sandbox {rec.id} is ephemeral (created without a name); only named "
+                               "sandboxes can be suspended")
+    if rec.status == S.suspended:
+        return False
+    if rec.status != S.running:
+        raise InvalidState(f"Sandbox {rec.id} cannot be suspended while {rec.status}")
+    ctx.checkpoints.require_memory("suspend")
+    ctx.transition_errors.pop(rec.id, None)
+    await ctx.table.move(rec, S.suspending)
+    ctx.tasks.spawn("suspend", rec.id, _do_suspend(ctx, rec))
+    return True
+
+
+async def _do_suspend(ctx: ManagerContext, rec: SandboxRecord) -> None:
+    async with ctx.table.lock(rec.id):
+        if rec.status != S.suspending:
+            return  # terminated meanwhile
+        try:
+            # CRIU cannot dump a unix socket connected to the host: drop the proxy's pool first
+            # (an open follow stream is cut here; following again after resume replays it all).
+            await ctx.agents.close(rec.id)
+            await ctx.checkpoints.suspend(rec)
+        except EmulatorError as exc:
+            log.warning("suspend of %s failed: %s", rec.id, exc.message)
+            ctx.transition_errors[rec.id] = f"suspend of {rec.id} failed, it keeps running: {exc.message}"
+            await ctx.table.move(rec, S.running)
+            return
+        await ctx.table.move(rec, S.suspended)
+
+
+async def start_resume(ctx: ManagerContext, rec: SandboxRecord) -> bool:
+    """suspended -> pending (resuming), the restore in the background. False when already running.
+
+    Raises EphemeralSandbox (no name), InvalidState (neither suspended nor resuming).
+    """
+    if not rec.name:
+        raise EphemeralSandbox(f"Sandbox {rec.id} is ephemeral; only named sandboxes can be resumed")
+    if rec.status == S.running:
+        return False
+    if rec.status == S.pending and rec.suspend_checkpoint:
+        return True  # a resume is under way
+    if rec.status != S.suspended:
+        raise InvalidState(f"Sandbox {rec.id} cannot be resumed while {rec.status}")
+    ctx.transition_errors.pop(rec.id, None)
+    await ctx.table.move(rec, S.pending, pending_reason="waiting_for_container")
+    ctx.tasks.spawn("resume", rec.id, _do_resume(ctx, rec))
+    return True
+
+
+async def _do_resume(ctx: ManagerContext, rec: SandboxRecord) -> None:
+    async with ctx.table.lock(rec.id):
+        if rec.status != S.pending:
+            return  # terminated meanwhile
+        try:
+            # The agent's listening socket is re-created by the restore; a stale entry is in the way.
+            ctx.run_dirs.clear_socket(rec.id)
+            await ctx.checkpoints.resume(rec)
+            if not await ctx.agents.wait_healthy(ctx.run_dirs.endpoint(rec), 15):
+                raise EmulatorError("the agent did not answer after the restore")
+        except EmulatorError as exc:
+            log.warning("resume of %s failed: %s", rec.id, exc.message)
+            ctx.transition_errors[rec.id] = f"resume of {rec.id} failed, it stays suspended: {exc.message}"
+            await ctx.table.move(rec, S.suspended)
+            return
+        ctx.set_deadline(rec)
+        await ctx.table.move(rec, S.running)
+
+
+async def start_snapshot(ctx: ManagerContext, rec: SandboxRecord, snapshot_type: str | None) -> SnapshotRecord:
+    """running -> snapshotting, the dump and commit in the background, back to running after.
+
+    `snapshot_type` None picks memory where CRIU works, else filesystem. Raises InvalidState, NotSupported.
+    """
+    if rec.status != S.running:
+        raise InvalidState(f"Sandbox {rec.id} can be snapshotted only while running (it is {rec.status})")
+    kind = snapshot_type or ("memory" if ctx.checkpoints.memory_available else "filesystem")
+    if kind == "memory":
+        ctx.checkpoints.require_memory("memory checkpoint")
+    snap = await ctx.checkpoints.new_snapshot(rec, kind)
+    await ctx.table.move(rec, S.snapshotting)
+    ctx.tasks.spawn("snapshot", rec.id, _do_snapshot(ctx, rec, snap))
+    return snap
+
+
+async def _do_snapshot(ctx: ManagerContext, rec: SandboxRecord, snap: SnapshotRecord) -> None:
+    async with ctx.table.lock(rec.id):
+        try:
+            if snap.snapshot_type == "memory":
+                await ctx.agents.close(rec.id)
+            await ctx.checkpoints.take_snapshot(rec, snap)
+        finally:
+            if rec.status == S.snapshotting:
+                await ctx.table.move(rec, S.running)
