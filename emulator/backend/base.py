@@ -6,6 +6,7 @@ The manager depends on this protocol, never on Docker itself, so a faster checkp
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +44,8 @@ class ContainerState:
     sandbox_id: str
     running: bool
     labels: dict[str, str]
+    exit_code: int | None = None
+    oom_killed: bool = False
 
 
 @dataclass
@@ -76,6 +79,9 @@ class RuntimeBackend(Protocol):
     async def state(self, container_id: str) -> ContainerState | None: ...
     async def init_pid(self, container_id: str) -> int | None: ...
     async def list_ours(self) -> list[ContainerState]: ...
+    def exits(self) -> AsyncIterator[str]:
+        """Ids of our containers as they die (the engine's event stream); ends when the stream does."""
+        ...
     async def update_resources(self, container_id: str, cpus: float, memory_mb: int) -> None: ...
     async def logs(self, container_id: str) -> str: ...
     async def run_canary(self, image: str, command: list[str]) -> str: ...

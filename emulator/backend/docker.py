@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiodocker
+import aiohttp
 from aiodocker.exceptions import DockerError
 
 from emulator.agent_channel import AGENT_SOCKET_NAME
@@ -140,7 +143,23 @@ class DockerBackend:
                 return None
             raise BackendUnavailable(f"Docker inspect failed: {exc.message}") from exc
         labels = data["Config"].get("Labels") or {}
-        return ContainerState(data["Id"], labels.get(LABEL_SANDBOX, ""), bool(data["State"].get("Running")), labels)
+        st = data["State"]
+        return ContainerState(data["Id"], labels.get(LABEL_SANDBOX, ""), bool(st.get("Running")), labels,
+                              exit_code=st.get("ExitCode"), oom_killed=bool(st.get("OOMKilled")))
+
+    async def exits(self) -> AsyncIterator[str]:
+        """Ids of our containers as they die, from the Engine API's event stream (`GET /events`)."""
+        filters = json.dumps({"type": ["container"], "event": ["die"],
+                              "label": [f"{LABEL_INSTANCE}={self._instance}"]})
+        try:
+            async with self.docker._query("events", "GET", params={"filters": filters},
+                                          timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as resp:
+                async for line in resp.content:
+                    if line.strip():
+                        event = json.loads(line)
+                        yield event.get("id") or event.get("Actor", {}).get("ID", "")
+        except (DockerError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise BackendUnavailable(f"Docker event stream failed: {exc}") from exc
 
     async def init_pid(self, container_id: str) -> int | None:
         """Host pid of the container's PID 1 (the agent), or None when it is not running or gone."""

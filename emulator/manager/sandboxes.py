@@ -28,7 +28,7 @@ from emulator.errors import (
     SandboxNotReady,
     SandboxNotRunning,
 )
-from emulator.manager import reaper, suspension
+from emulator.manager import reaper, suspension, watch
 from emulator.manager.context import ManagerContext
 from emulator.manager.launch import launch
 from emulator.manager.reconcile import reconcile
@@ -56,6 +56,7 @@ class SandboxManager:
                                    checkpoints=checkpoints, run_dirs=RunDirs(settings.data_dir))
         self._clock = clock
         self._reaper: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def settings(self) -> Settings:
@@ -75,12 +76,14 @@ class SandboxManager:
         await reconcile(ctx)
         if reap:
             self._reaper = asyncio.create_task(reaper.reap_forever(ctx, self._clock), name="timeout-reaper")
+            self._watch = asyncio.create_task(watch.watch_exits(ctx), name="exit-watch")
 
     async def stop(self) -> None:
         """Stop background work; terminate the live sandboxes when TLE_TERMINATE_ON_EXIT is set."""
-        if self._reaper:
-            self._reaper.cancel()
-            await asyncio.gather(self._reaper, return_exceptions=True)
+        for task in (self._reaper, self._watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._ctx.tasks.stop()
         if self.settings.terminate_on_exit:
             for rec in self._ctx.table:
@@ -281,6 +284,11 @@ class SandboxManager:
         return copies
 
     # ---- proxy support -----------------------------------------------------------------------
+
+    async def agent_unreachable(self, sandbox_id: str, cause: str) -> EmulatorError | None:
+        """The proxy could not reach an agent: the 404 to answer when the sandbox has died (now
+        marked terminated with the reason), None when it lives and a retry may succeed."""
+        return await watch.agent_unreachable(self._ctx, sandbox_id, cause)
 
     async def ready_for_traffic(self, ident: str) -> tuple[SandboxRecord, AgentEndpoint]:
         """The sandbox a data-plane request goes to, waking it first when auto_resume allows.

@@ -53,7 +53,7 @@ class ProxyApp:
                     return
         if scope["type"] == "websocket":
             # PTY sessions and TCP tunnels (§9, §10): relayed into the agent, see proxy/websocket.py.
-            await serve_websocket(scope, receive, send, self._resolve, self.agents)
+            await serve_websocket(scope, receive, send, self._resolve, self.agents, self.manager.agent_unreachable)
             return
         headers = {k.lower(): v for k, v in scope["headers"]}
         try:
@@ -84,7 +84,8 @@ class ProxyApp:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             log.info("agent of %s unreachable: %s", sandbox_id, exc)
-            err = SandboxNotReady(f"Sandbox {sandbox_id} is not answering yet: {type(exc).__name__}")
+            err = (await self.manager.agent_unreachable(sandbox_id, type(exc).__name__)
+                   or SandboxNotReady(f"Sandbox {sandbox_id} is not answering yet: {type(exc).__name__}"))
             await _send_error(send, err.status, err.message, err.code)
             return
         started = False

@@ -51,10 +51,12 @@ _SKIP = {b"host", b"connection", b"upgrade", b"keep-alive", b"te", b"trailer", b
          b"content-length", b"proxy-connection", b"origin"}
 
 Resolver = Callable[[dict[bytes, bytes]], Awaitable[tuple[str, AgentEndpoint]]]
+# (sandbox id, cause) -> the error to answer when the sandbox has died, else None
+Unreachable = Callable[[str, str], Awaitable[EmulatorError | None]]
 
 
 async def serve_websocket(scope: dict[str, Any], receive: Any, send: Any, resolve: Resolver,
-                          agents: AgentClients) -> None:
+                          agents: AgentClients, unreachable: Unreachable) -> None:
     msg = await receive()
     if msg["type"] != "websocket.connect":
         return
@@ -86,7 +88,8 @@ async def serve_websocket(scope: dict[str, Any], receive: Any, send: Any, resolv
         response = await client.send(request, stream=True)
     except httpx.HTTPError as exc:
         log.info("agent of %s unreachable for a websocket: %s", sandbox_id, exc)
-        err = SandboxNotReady(f"Sandbox {sandbox_id} is not answering yet: {type(exc).__name__}")
+        err = (await unreachable(sandbox_id, type(exc).__name__)
+               or SandboxNotReady(f"Sandbox {sandbox_id} is not answering yet: {type(exc).__name__}"))
         await _deny(send, err.status, _error_body(err.message, err.code))
         return
     try:

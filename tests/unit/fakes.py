@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from emulator.errors import EmulatorError
 class FakeContainer:
     spec: ContainerSpec
     running: bool = False
+    exit_code: int | None = None
 
 
 @dataclass
@@ -32,6 +34,7 @@ class FakeBackend:
     fail_start: EmulatorError | None = None
     start_delay: float = 0.0
     removed: list[str] = field(default_factory=list)
+    exit_queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     async def info(self) -> EngineInfo:
@@ -76,7 +79,8 @@ class FakeBackend:
 
     async def state(self, container_id: str) -> ContainerState | None:
         c = self.containers.get(container_id)
-        return None if c is None else ContainerState(container_id, c.spec.sandbox_id, c.running, {})
+        return None if c is None else ContainerState(container_id, c.spec.sandbox_id, c.running, {},
+                                                     exit_code=c.exit_code)
 
     async def init_pid(self, container_id: str) -> int | None:
         return 1 if container_id in self.containers else None
@@ -84,6 +88,16 @@ class FakeBackend:
     async def list_ours(self) -> list[ContainerState]:
         return [ContainerState(cid, c.spec.sandbox_id, c.running, {LABEL_SANDBOX: c.spec.sandbox_id})
                 for cid, c in self.containers.items()]
+
+    async def exits(self) -> AsyncIterator[str]:
+        while True:
+            yield await self.exit_queue.get()
+
+    def kill(self, container_id: str, exit_code: int = 137) -> None:
+        """The container dies on its own (as `docker kill` from outside would do it)."""
+        self.containers[container_id].running = False
+        self.containers[container_id].exit_code = exit_code
+        self.exit_queue.put_nowait(container_id)
 
     async def update_resources(self, container_id: str, cpus: float, memory_mb: int) -> None:
         self.containers[container_id].spec.cpus, self.containers[container_id].spec.memory_mb = cpus, memory_mb

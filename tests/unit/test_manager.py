@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 
 from emulator.errors import BadRequest, EmulatorError, EphemeralSandbox, ImageNotFound, InvalidState, NameConflict
+from emulator.manager.watch import watch_exits
 from emulator.model.records import now_ms
 from emulator.model.spec import SandboxSpec
 from emulator.model.states import SandboxStatus
@@ -170,3 +171,32 @@ async def test_reconcile_after_restart(rig: Rig) -> None:
     assert not (rig.settings.data_dir / "run" / "leftover").exists()
     assert not (rig.settings.data_dir / "run" / gone.id).exists()
     await second.stop()
+
+
+async def test_a_container_that_died_is_noticed_on_the_first_failed_call(rig: Rig) -> None:
+    rec = await _running(rig)
+    rig.backend.containers[rec.container_id].running = False  # type: ignore[index]
+    rig.backend.containers[rec.container_id].exit_code = 137  # type: ignore[index]
+    err = await rig.manager.agent_unreachable(rec.id, "ConnectError")
+    assert err is not None and err.status == 404 and "code 137" in err.message
+    assert rec.status == S.terminated and rec.termination_reason == "container_exited"
+    alive = await _running(rig)
+    assert await rig.manager.agent_unreachable(alive.id, "ConnectError") is None  # a live one is retried
+    assert alive.status == S.running
+
+
+async def test_the_exit_watch_notices_a_death_without_any_call(rig: Rig) -> None:
+    rec = await _running(rig)
+    named = await _running(rig, name="n")
+    watcher = asyncio.create_task(watch_exits(rig.manager._ctx))
+    try:
+        assert await rig.manager.suspend(named, wait=5)  # stopped on purpose: not a death
+        rig.backend.kill(rec.container_id)  # type: ignore[arg-type]
+        for _ in range(40):
+            if rec.status == S.terminated:
+                break
+            await asyncio.sleep(0.05)
+        assert rec.status == S.terminated and rec.error_details == "its container exited (code 137)"
+        assert named.status == S.suspended
+    finally:
+        watcher.cancel()
