@@ -65,7 +65,7 @@ def choose_mechanism(backend: RuntimeBackend, docker_root: Path, dump_root: Path
             return RuncMechanism(backend, docker_root, runc_root, dump_root)
         if mode == "runc":
             log.warning("TLE_CHECKPOINT=runc but %s: using Docker's checkpoint API", why_not)
-    return DockerMechanism(backend, docker_root)
+    return DockerMechanism(backend, docker_root, runc_root)
 
 
 class CheckpointEngine:
@@ -82,15 +82,23 @@ class CheckpointEngine:
         self._snapshots: dict[str, SnapshotRecord] = {}
 
     async def start(self) -> None:
+        """Load the snapshots and settle what a stop or a crash cut off: snapshots being taken fail
+        (their image and dump removed), transient ones (of a `copy`) go, frozen sandboxes thaw."""
         for snap in await asyncio.to_thread(self.store.load_snapshots):
-            if snap.status == "in_progress":
-                snap.status, snap.error = "failed", "the emulator stopped while this snapshot was being taken"
-                await self.store.save_snapshot(snap)
             self._snapshots[snap.id] = snap
-        # A snapshot cut off by a stop may have left its sandbox frozen.
+            if snap.transient:
+                await self.delete_snapshot(snap)
+            elif snap.status == "in_progress":
+                snap.status, snap.error = "failed", "the emulator stopped while this snapshot was being taken"
+                await self._drop_content(snap)
+                await self.store.save_snapshot(snap)
+        await asyncio.to_thread(self._sweep_snapshot_dirs)
+        # A snapshot cut off by a stop may have left its sandbox paused (docker pause) or frozen by a
+        # CRIU that was killed mid-dump (cgroup freezer; the engine still calls it running).
         for cid in await self.backend.list_paused_ours():
             log.info("thawing container %s left paused by an interrupted snapshot", cid[:12])
             await self.backend.unpause(cid)
+        await self.mechanism.thaw([c.container_id for c in await self.backend.list_ours() if c.running])
         await self.backend.prune_dangling_ours()
         if self.probe.ok:
             await self.run_canary()
@@ -200,8 +208,8 @@ class CheckpointEngine:
                 raise BadRequest(f"A memory snapshot restores with its original memory_mb={snap.memory_mb}; "
                                  f"got {memory_mb}")
 
-    async def new_snapshot(self, rec: SandboxRecord, kind: str) -> SnapshotRecord:
-        snap = SnapshotRecord(
+    async def new_snapshot(self, rec: SandboxRecord, kind: str, transient: bool = False) -> SnapshotRecord:
+        snap = SnapshotRecord(transient=transient,
             id=new_snapshot_id(), namespace=rec.namespace, sandbox_id=rec.id, snapshot_type=kind,  # type: ignore[arg-type]
             base_image=rec.image, session_label=rec.session_label, **rec.options(),
         )
@@ -273,12 +281,34 @@ class CheckpointEngine:
         snap.status = "deleting"
         self._snapshots.pop(snap.id, None)
         await self.store.delete_snapshot(snap.id)
+        await self._drop_content(snap)
+
+    async def _drop_content(self, snap: SnapshotRecord) -> None:
         if snap.image_ref:
             # Sandboxes restored from it keep running on its layers: the tag goes now, the layers
             # when the last of them is gone (swept here and at start-up).
             await self.backend.remove_image(snap.image_ref)
+        elif snap.status == "failed":
+            await self.backend.remove_image(f"{SNAPSHOT_REPO}:{snap.id.replace('_', '-')}")  # a commit cut off
         await self.backend.prune_dangling_ours()
         await asyncio.to_thread(shutil.rmtree, self.dir / snap.id, True)
+
+    def _sweep_snapshot_dirs(self) -> None:
+        """Folders under <data>/snapshots/ with no snapshot record (a delete cut off) go."""
+        if self.dir.is_dir():
+            for entry in self.dir.iterdir():
+                if entry.name not in self._snapshots or self._snapshots[entry.name].status == "failed":
+                    shutil.rmtree(entry, ignore_errors=True)
+
+    async def forget_suspend(self, rec: SandboxRecord) -> None:
+        """A suspend or resume cut off with the sandbox running: its (partial or consumed) dump goes."""
+        if rec.container_id:
+            await self.mechanism.discard(rec.container_id, SUSPEND_NAME)
+        rec.suspend_checkpoint = None
+
+    async def sweep_dumps(self, live_container_ids: set[str]) -> None:
+        """Dumps of containers that no longer exist (a terminate cut off) go."""
+        await self.mechanism.sweep(live_container_ids)
 
     def describe(self) -> dict[str, Any]:
         return {"criu": self.probe.ok, "criu_detail": self.probe.reason, "criu_version": self.probe.version,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -43,6 +44,12 @@ class Mechanism(Protocol):
     async def discard(self, container_id: str, name: str) -> None:
         """Forget an in-place dump that will not be restored (the sandbox was terminated)."""
 
+    async def sweep(self, live_container_ids: set[str]) -> None:
+        """Remove dumps of containers not in `live_container_ids` (left by a crash)."""
+
+    async def thaw(self, container_ids: list[str]) -> None:
+        """Thaw those of the containers that a killed CRIU left frozen."""
+
 
 def link_or_copy_tree(src: Path, dst: Path) -> None:
     """Hard-link a dump folder (same filesystem: instant, no extra space), else copy it."""
@@ -66,9 +73,12 @@ def move_tree(src: Path, dst: Path) -> None:
 class DockerMechanism:
     name = "docker"
 
-    def __init__(self, backend: RuntimeBackend, docker_root: Path) -> None:
+    def __init__(self, backend: RuntimeBackend, docker_root: Path,
+                 runc_root: Path = Path("/run/docker/runtime-runc/moby"), runc: str = "runc") -> None:
         self.backend = backend
         self.docker_root = docker_root
+        self.runc_root = runc_root
+        self.runc = runc
 
     def checkpoint_dir(self, container_id: str, name: str) -> Path:
         return self.docker_root / "containers" / container_id / "checkpoints" / name
@@ -98,6 +108,13 @@ class DockerMechanism:
     async def discard(self, container_id: str, name: str) -> None:
         pass  # the dump lives in the container's folder and goes with it
 
+    async def sweep(self, live_container_ids: set[str]) -> None:
+        pass  # dumps live in the containers' folders and go with them
+
+    async def thaw(self, container_ids: list[str]) -> None:
+        """Thaw containers a killed CRIU left frozen (runc reports them paused; Docker does not)."""
+        await thaw_frozen(self.runc_root, self.runc, container_ids)
+
     async def restore_new(self, container_id: str, name: str, src: Path) -> None:
         await asyncio.to_thread(link_or_copy_tree, src, self.checkpoint_dir(container_id, name))
         await asyncio.to_thread(self._make_unique, container_id, name)
@@ -126,10 +143,8 @@ class RuncMechanism(DockerMechanism):
 
     def __init__(self, backend: RuntimeBackend, docker_root: Path, runc_root: Path, dump_root: Path,
                  runc: str = "runc") -> None:
-        super().__init__(backend, docker_root)
-        self.runc_root = runc_root
+        super().__init__(backend, docker_root, runc_root, runc)
         self.dump_root = dump_root
-        self.runc = runc
 
     @staticmethod
     def available(runc_root: Path, runc: str = "runc") -> str | None:
@@ -191,6 +206,13 @@ class RuncMechanism(DockerMechanism):
         with contextlib.suppress(OSError):
             (self.dump_root / container_id).rmdir()
 
+    async def sweep(self, live_container_ids: set[str]) -> None:
+        if not self.dump_root.is_dir():
+            return
+        for entry in self.dump_root.iterdir():
+            if entry.is_dir() and entry.name not in live_container_ids:
+                await asyncio.to_thread(shutil.rmtree, entry, True)
+
     async def _restore_linked(self, container_id: str, name: str, src: Path) -> None:
         if not (src / "inventory.img").is_file():
             raise EmulatorError(f"restore failed: the dump in {src} is missing")
@@ -199,6 +221,20 @@ class RuncMechanism(DockerMechanism):
             await self.backend.start_from_checkpoint(container_id, name)
         finally:
             await self.backend.delete_checkpoint(container_id, name)
+
+
+async def thaw_frozen(runc_root: Path, runc: str, container_ids: list[str]) -> None:
+    """`runc resume` each container whose freezer cgroup is frozen (`runc state` says paused)."""
+    if RuncMechanism.available(runc_root, runc) is not None:
+        return
+    for cid in container_ids:
+        state = await asyncio.create_subprocess_exec(runc, "--root", str(runc_root), "state", cid,
+                                                     stdout=asyncio.subprocess.PIPE,
+                                                     stderr=asyncio.subprocess.DEVNULL)
+        out, _ = await state.communicate()
+        if state.returncode == 0 and json.loads(out or b"{}").get("status") == "paused":
+            resume = await asyncio.create_subprocess_exec(runc, "--root", str(runc_root), "resume", cid)
+            await resume.wait()
 
 
 def _link_dump(src: Path, dst: Path) -> None:

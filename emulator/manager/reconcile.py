@@ -33,7 +33,7 @@ async def reconcile(ctx: ManagerContext) -> None:
             if not c.running and ctx.checkpoints.has_suspend_dump(rec):
                 await _settle_suspended(ctx, rec)
                 continue
-            rec.suspend_checkpoint = None
+            await ctx.checkpoints.forget_suspend(rec)
         if c is None:
             await ctx.mark_lost(rec, "container_lost", "its container disappeared while the emulator was stopped")
         elif not c.running:
@@ -49,6 +49,7 @@ async def reconcile(ctx: ManagerContext) -> None:
         log.info("removing orphan container %s (sandbox %s)", orphan.container_id[:12], orphan.sandbox_id)
         await ctx.backend.remove(orphan.container_id)
     ctx.run_dirs.sweep({r.id for r in ctx.table if r.live})
+    await ctx.checkpoints.sweep_dumps({r.container_id for r in ctx.table if r.live and r.container_id})
 
 
 async def _settle_suspended(ctx: ManagerContext, rec: SandboxRecord) -> None:

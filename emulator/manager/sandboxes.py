@@ -270,7 +270,7 @@ class SandboxManager:
         """`copy(times=N)`: a snapshot of the sandbox (memory where CRIU works), restored N times."""
         if times < 1 or times > 32:
             raise BadRequest(f"times must be between 1 and 32; got {times}")
-        snap = await self.snapshot(rec, None)
+        snap = await suspension.start_snapshot(self._ctx, rec, None, transient=True)
         await self._ctx.tasks.wait("snapshot", rec.id, timeout)
         if snap.status not in ("local_ready", "completed"):
             raise EmulatorError(f"copy of {rec.id} failed: snapshot {snap.id} is {snap.status}"

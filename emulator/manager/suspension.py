@@ -88,17 +88,19 @@ async def _do_resume(ctx: ManagerContext, rec: SandboxRecord) -> None:
         await ctx.table.move(rec, S.running)
 
 
-async def start_snapshot(ctx: ManagerContext, rec: SandboxRecord, snapshot_type: str | None) -> SnapshotRecord:
+async def start_snapshot(ctx: ManagerContext, rec: SandboxRecord, snapshot_type: str | None,
+                         transient: bool = False) -> SnapshotRecord:
     """running -> snapshotting, the dump and commit in the background, back to running after.
 
-    `snapshot_type` None picks memory where CRIU works, else filesystem. Raises InvalidState, NotSupported.
+    `snapshot_type` None picks memory where CRIU works, else filesystem; `transient` marks the
+    snapshot of a `copy`, removed after its restores. Raises InvalidState, NotSupported.
     """
     if rec.status != S.running:
         raise InvalidState(f"Sandbox {rec.id} can be snapshotted only while running (it is {rec.status})")
     kind = snapshot_type or ("memory" if ctx.checkpoints.memory_available else "filesystem")
     if kind == "memory":
         ctx.checkpoints.require_memory("memory checkpoint")
-    snap = await ctx.checkpoints.new_snapshot(rec, kind)
+    snap = await ctx.checkpoints.new_snapshot(rec, kind, transient)
     await ctx.table.move(rec, S.snapshotting)
     ctx.tasks.spawn("snapshot", rec.id, _do_snapshot(ctx, rec, snap))
     return snap

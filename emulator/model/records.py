@@ -110,3 +110,5 @@ class SnapshotRecord(SandboxOptions):
     image_ref: str | None = None
     checkpoint_dir: str | None = None
     session_label: str | None = None
+    # made by `copy` for its restores only: deleted after them, and at start-up if a crash cut it off
+    transient: bool = False

@@ -159,6 +159,12 @@ class FakeMechanism:
     async def restore_new(self, container_id: str, name: str, src: Path) -> None:
         self.backend.containers[container_id].running = True
 
+    async def sweep(self, live_container_ids: set[str]) -> None:
+        pass
+
+    async def thaw(self, container_ids: list[str]) -> None:
+        pass
+
     async def discard(self, container_id: str, name: str) -> None:
         d = self.checkpoint_dir(container_id, name)
         if d.exists():
