@@ -97,7 +97,17 @@ class CheckpointEngine:
         # CRIU that was killed mid-dump (cgroup freezer; the engine still calls it running).
         for cid in await self.backend.list_paused_ours():
             log.info("thawing container %s left paused by an interrupted snapshot", cid[:12])
-            await self.backend.unpause(cid)
+            try:
+                await self.backend.unpause(cid)
+            except EmulatorError as exc:
+                # Docker paused it, then a CRIU dump cut off by the kill thawed it behind Docker's back:
+                # freeze it again through runc, so that Docker's unpause finds what it expects.
+                log.info("container %s: %s; re-freezing it so Docker can unpause it", cid[:12], exc.message)
+                await self.mechanism.freeze(cid)
+                try:
+                    await self.backend.unpause(cid)
+                except EmulatorError as again:
+                    log.warning("container %s stays paused in Docker's view: %s", cid[:12], again.message)
         await self.mechanism.thaw([c.container_id for c in await self.backend.list_ours() if c.running])
         await self.backend.prune_dangling_ours()
         if self.probe.ok:

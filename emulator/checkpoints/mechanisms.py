@@ -50,6 +50,9 @@ class Mechanism(Protocol):
     async def thaw(self, container_ids: list[str]) -> None:
         """Thaw those of the containers that a killed CRIU left frozen."""
 
+    async def freeze(self, container_id: str) -> None:
+        """Freeze a container through the runtime directly (`runc pause`), behind the engine's back."""
+
 
 def link_or_copy_tree(src: Path, dst: Path) -> None:
     """Hard-link a dump folder (same filesystem: instant, no extra space), else copy it."""
@@ -114,6 +117,12 @@ class DockerMechanism:
     async def thaw(self, container_ids: list[str]) -> None:
         """Thaw containers a killed CRIU left frozen (runc reports them paused; Docker does not)."""
         await thaw_frozen(self.runc_root, self.runc, container_ids)
+
+    async def freeze(self, container_id: str) -> None:
+        proc = await asyncio.create_subprocess_exec(self.runc, "--root", str(self.runc_root), "pause", container_id,
+                                                    stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.DEVNULL)
+        await proc.wait()
 
     async def restore_new(self, container_id: str, name: str, src: Path) -> None:
         await asyncio.to_thread(link_or_copy_tree, src, self.checkpoint_dir(container_id, name))

@@ -24,6 +24,9 @@ async def reconcile(ctx: ManagerContext) -> None:
         if not rec.live:
             continue
         c = containers.pop(rec.id, None)
+        if c is not None and rec.container_id != c.container_id:
+            # A create or restore cut off before it recorded its container: the label says whose it is.
+            rec.container_id = c.container_id
         if rec.status in (S.suspended, S.suspending) or rec.suspend_checkpoint:
             # Suspended, or a suspend/resume cut off by the stop: a stopped container with its
             # dump is suspended (and resumes later); a running one is running.

@@ -165,6 +165,9 @@ class FakeMechanism:
     async def thaw(self, container_ids: list[str]) -> None:
         pass
 
+    async def freeze(self, container_id: str) -> None:
+        pass
+
     async def discard(self, container_id: str, name: str) -> None:
         d = self.checkpoint_dir(container_id, name)
         if d.exists():
