@@ -4,64 +4,65 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from emulator.api import validation as v
 from emulator.manager.records import SandboxRecord, SnapshotRecord
 
 # ---- requests ------------------------------------------------------------------------------------
-
-_Number = float
+# Every field is limited to what the SDK can read back (api/validation.py): a value stored here is
+# served to every `list()` of the namespace, and one the SDK cannot parse breaks all of them.
 
 
 class _Request(BaseModel):
-    # Unknown fields are ignored (newer SDKs may send more); wrong types are a 400.
+    # Unknown fields are ignored (newer SDKs may send more); wrong types and ranges are a 400.
     model_config = ConfigDict(extra="ignore")
 
 
 class GpuSpec(_Request):
-    count: StrictInt = 1
-    model: str | None = None
+    count: v.GpuCount = 1
+    model: v.GpuModel | None = None
 
 
 class ResourcesIn(_Request):
-    cpus: _Number | None = None
-    memory_mb: StrictInt | None = None
-    disk_mb: StrictInt | None = None
-    gpus: list[GpuSpec] | None = None
+    cpus: v.Cpus | None = None
+    memory_mb: v.MiB | None = None
+    disk_mb: v.MiB | None = None
+    gpus: list[GpuSpec] | None = Field(default=None, max_length=64)
 
 
 class NetworkPolicy(_Request):
     allow_internet_access: StrictBool = True
-    allow_out: list[str] = Field(default_factory=list)
-    deny_out: list[str] = Field(default_factory=list)
+    allow_out: v.NetworkRules = Field(default_factory=list)
+    deny_out: v.NetworkRules = Field(default_factory=list)
 
 
 class FileSystemMount(BaseModel):
     model_config = ConfigDict(extra="allow")
-    file_system_id: str
-    mount_path: str
+    file_system_id: v.Text
+    mount_path: v.Text
 
 
 class CreateSandboxRequest(_Request):
-    image: str | None = None
+    image: v.ImageRef | None = None
     resources: ResourcesIn | None = None
-    timeout_secs: StrictInt | None = None
-    entrypoint: list[str] | None = None
+    timeout_secs: v.Seconds | None = None
+    entrypoint: v.Entrypoint | None = None
     network: NetworkPolicy | None = None
-    snapshot_id: str | None = None
-    name: str | None = None
+    snapshot_id: v.SnapshotId | None = None
+    name: v.SandboxName | None = None
     file_systems: list[FileSystemMount] | None = None
     auto_resume: StrictBool | None = None
     allow_unauthenticated_access: StrictBool | None = None
-    exposed_ports: list[StrictInt] | None = None
-    max_pending_secs: StrictInt | None = None
+    exposed_ports: v.Ports | None = None
+    max_pending_secs: v.Seconds | None = None
     wait: StrictBool | None = None
 
 
 class UpdateSandboxRequest(_Request):
-    name: str | None = None
+    name: v.SandboxName | None = None
     allow_unauthenticated_access: StrictBool | None = None
-    exposed_ports: list[StrictInt] | None = None
+    exposed_ports: v.Ports | None = None
     auto_resume: StrictBool | None = None
     network: NetworkPolicy | None = None
     resources: ResourcesIn | None = None
