@@ -98,6 +98,16 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
 
+def client_auth_headers(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Headers for the project's own clients of an emulator (CLI, session reaper): the key the SDK would send.
+
+    TENSORLAKE_API_KEY as the SDK reads it, else TLE_API_KEY (the emulator's own setting); none when neither is set.
+    """
+    env = dict(os.environ if env is None else env)
+    key = env.get("TENSORLAKE_API_KEY") or env.get("TLE_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def env_help() -> str:
     width = max(len(v) for v, *_ in ENV_VARS)
     lines = ["environment variables:"]
