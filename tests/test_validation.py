@@ -9,9 +9,13 @@ against the pinned SDK itself.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import sqlite3
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +23,8 @@ import pytest
 from tensorlake.sandbox import Sandbox
 
 from emulator.api.validation import image_reference_problem
+from emulator.server import instance_label
+from sdk_shim.docker_sweep import instance_selector, sweep_sync
 from sdk_shim.launcher import EmulatorProcess
 
 T = 60.0
@@ -388,3 +394,28 @@ def test_websocket_to_the_api_is_refused_in_json(emulator: EmulatorProcess) -> N
                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
     _json_error(_raw(emulator.api_port, upgrade), 403)
+
+
+def test_records_stored_before_the_checks_do_not_break_list() -> None:
+    """A record an older emulator stored out of range (the issue's `[-1]`) is served within the SDK's types."""
+    data_dir = Path(tempfile.mkdtemp(prefix="tle-val-old-", dir="/tmp"))
+    emu = EmulatorProcess(data_dir=data_dir).start()
+    try:
+        resp = httpx.post(f"{emu.api_url}/v1/namespaces/default/sandboxes", json={"wait": False}, timeout=30)
+        sid = resp.json()["sandbox_id"]
+        assert httpx.delete(f"{emu.api_url}/v1/namespaces/default/sandboxes/{sid}", timeout=30).status_code == 200
+        emu.stop()
+        db = sqlite3.connect(data_dir / "state.sqlite3")
+        (body,) = db.execute("SELECT body FROM sandboxes WHERE id = ?", (sid,)).fetchone()
+        rec = json.loads(body)
+        rec.update(exposed_ports=[-1, 8080, 70000], timeout_secs=2**64, disk_mb=2**70)
+        db.execute("UPDATE sandboxes SET body = ? WHERE id = ?", (json.dumps(rec), sid))
+        db.commit()
+        db.close()
+        emu.start()
+        (info,) = [s for s in Sandbox.list(api_url=emu.api_url, request_timeout=10) if s.sandbox_id == sid]
+        assert info.exposed_ports == [8080] and info.timeout_secs == 2**63 - 1
+    finally:
+        emu.stop()
+        sweep_sync(*instance_selector(instance_label(data_dir)))
+        shutil.rmtree(data_dir, ignore_errors=True)

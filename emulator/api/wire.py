@@ -152,16 +152,24 @@ def sandbox_url_for(rec: SandboxRecord, proxy_url: str) -> str | None:
     return proxy_url if rec.status in ROUTABLE else None
 
 
+def _readable_int(value: int | None) -> int | None:
+    return None if value is None else max(-v.I64_MAX - 1, min(value, v.I64_MAX))
+
+
 def sandbox_info(rec: SandboxRecord, proxy_url: str, runtime: str) -> SandboxInfo:
+    """rec as the SDK reads it. Values outside the SDK's types, which emulators before the request
+    checks of api/validation.py stored, are served clamped or left out, so that one old record
+    cannot make every `list()` of its namespace fail."""
     return SandboxInfo(
         id=rec.id, namespace=rec.namespace, name=rec.name, status=rec.status,
         pending_reason=rec.pending_reason if rec.status == "pending" else None, image=rec.image,
-        resources=Resources(cpus=rec.cpus, memory_mb=rec.memory_mb, disk_mb=rec.disk_mb,
-                            ephemeral_disk_mb=rec.disk_mb),
-        timeout_secs=rec.timeout_secs, entrypoint=rec.entrypoint, network_policy=rec.network_policy,
+        resources=Resources(cpus=rec.cpus, memory_mb=_readable_int(rec.memory_mb) or 0,
+                            disk_mb=_readable_int(rec.disk_mb) or 0, ephemeral_disk_mb=_readable_int(rec.disk_mb) or 0),
+        timeout_secs=_readable_int(rec.timeout_secs), entrypoint=rec.entrypoint, network_policy=rec.network_policy,
         outcome=rec.outcome, termination_reason=rec.termination_reason, error_details=rec.error_details,
         created_at=rec.created_at, started_at=rec.started_at, terminated_at=rec.terminated_at,
-        allow_unauthenticated_access=rec.allow_unauthenticated_access, exposed_ports=rec.exposed_ports,
+        allow_unauthenticated_access=rec.allow_unauthenticated_access,
+        exposed_ports=[p for p in rec.exposed_ports if 0 <= p <= 65535],
         sandbox_url=sandbox_url_for(rec, proxy_url), file_systems=rec.file_systems, auto_resume=rec.auto_resume,
         runtime=runtime,
         resource_resize=rec.resource_resize.model_dump() if rec.resource_resize else None,
