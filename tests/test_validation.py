@@ -229,12 +229,6 @@ def test_bad_wait_and_times_are_a_400(api: httpx.Client, live_ns: str, named: An
     assert api.get(base).json()["status"] == "running"
 
 
-def test_name_with_capitals_is_routed_by_host(emulator: EmulatorProcess, named: Any) -> None:
-    # Sandbox.connect(name, proxy_url=...) puts the name, as given, in `Host: <name>.local` (PROTOCOL.md §1.2)
-    resp = httpx.get(f"{emulator.proxy_url}/api/v1/health", headers={"Host": f"{named.name}.local"}, timeout=10)
-    assert resp.status_code == 200 and resp.json() == {"healthy": True}
-
-
 def test_invalid_image_is_a_400_not_a_503(api: httpx.Client, ns: str) -> None:
     for image in ("Ubuntu:latest", "a//b", "x:-bad", "img@sha256:abc"):
         resp = api.post(f"/v1/namespaces/{ns}/sandboxes", json={"image": image})

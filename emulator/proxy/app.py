@@ -30,10 +30,9 @@ def routing_value(headers: dict[bytes, bytes]) -> str:
     explicit = headers.get(b"x-tensorlake-sandbox-id")
     if explicit:
         return explicit.decode("latin-1").strip()
-    # The case is kept: the label may be a sandbox name (PROTOCOL.md §1.2), and names are case-sensitive.
-    host = headers.get(b"host", b"").decode("latin-1").strip()
+    host = headers.get(b"host", b"").decode("latin-1").strip().lower()
     host = host.rsplit(":", 1)[0] if ":" in host and not host.endswith("]") else host
-    if host.lower().endswith(".local") and len(host) > len(".local"):
+    if host.endswith(".local") and len(host) > len(".local"):
         return host[: -len(".local")]
     raise MissingSandboxId("Missing x-tensorlake-sandbox-id header")
 
