@@ -48,6 +48,13 @@ class JsonErrorsH11Protocol(H11Protocol):
         exc = sys.exc_info()[1]
         status = exc.error_status_hint if isinstance(exc, h11.RemoteProtocolError) else 400
         detail = f"{msg} ({exc})" if isinstance(exc, h11.RemoteProtocolError) else msg
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and not cycle.response_complete:
+            # The error came in the body of a request the app is already handling: that request is
+            # answered here, so the app sees a disconnect and its own answer is dropped, not sent
+            # onto a connection h11 has closed (which would be a traceback in the log).
+            cycle.disconnected = True
+            cycle.message_event.set()
         body = json_error_bytes(detail, _code(status))
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]

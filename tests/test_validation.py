@@ -413,3 +413,16 @@ def test_records_stored_before_the_checks_do_not_break_list() -> None:
         emu.stop()
         sweep_sync(*instance_selector(instance_label(data_dir)))
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("port_kind", ["api", "proxy"])
+def test_bad_framing_mid_body_leaves_no_trace(emulator: EmulatorProcess, port_kind: str) -> None:
+    """h11 refuses a chunk header after the app began reading the body: one JSON 400, no traceback logged."""
+    port = emulator.api_port if port_kind == "api" else emulator.proxy_port
+    log = Path(emulator.log_path or "")
+    before = log.read_text(errors="replace").count("Traceback")
+    req = (b"POST /v1/namespaces/default/sandboxes HTTP/1.1\r\nHost: localhost\r\nX-Tensorlake-Sandbox-Id: nosuch\r\n"
+           b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nzz\r\n")
+    _json_error(_raw(port, req), 400)
+    time.sleep(0.5)
+    assert log.read_text(errors="replace").count("Traceback") == before
