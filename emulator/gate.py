@@ -81,7 +81,7 @@ class GatePolicy:
         extra = settings.extra_hosts
         names.update(h for h in extra if h != "*")
         return cls(names=frozenset(names), any_host="*" in extra, local_routing=proxy,
-                   token=settings.api_key.encode() if settings.api_key else None,
+                   token=settings.api_key.strip().encode() if settings.api_key.strip() else None,
                    open_paths=frozenset() if proxy else frozenset({"/healthz"}))
 
     def check(self, scope: dict[str, Any]) -> None:

@@ -67,12 +67,12 @@ async def serve(settings: Settings) -> None:
     api_app = Gate(BodyLimit(build_api(settings, manager), settings.api_max_body_bytes),
                    GatePolicy.for_port(settings, proxy=False), "api")
     proxy_app = Gate(ProxyApp(manager, agents), GatePolicy.for_port(settings, proxy=True), "proxy")
-    protocols = {"http": JsonErrorsH11Protocol, "ws": JsonErrorsWebSocketProtocol}
     api = _Server(uvicorn.Config(api_app, host=settings.bind, port=settings.api_port, log_level=settings.log_level,
-                                 lifespan="off", access_log=False, **protocols))  # type: ignore[arg-type]
+                                 lifespan="off", access_log=False, http=JsonErrorsH11Protocol,
+                                 ws=JsonErrorsWebSocketProtocol))
     proxy = _Server(uvicorn.Config(proxy_app, host=settings.bind, port=settings.proxy_port,
                                    log_level=settings.log_level, lifespan="off", access_log=False,
-                                   timeout_keep_alive=75, **protocols))  # type: ignore[arg-type]
+                                   timeout_keep_alive=75, http=JsonErrorsH11Protocol, ws=JsonErrorsWebSocketProtocol))
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
