@@ -49,3 +49,10 @@ def test_policy_checks() -> None:
     api.check({"type": "http", "path": "/healthz", "headers": [(b"host", b"localhost")]})
     with pytest.raises(HostNotAllowed):
         api.check(_scope(host="abc.local", authorization="Bearer k"))
+
+
+def test_star_turns_host_and_origin_checks_off_but_not_the_key() -> None:
+    policy = GatePolicy.for_port(Settings(allowed_hosts="*", api_key="k"), proxy=False)
+    policy.check(_scope(host="anything.example", origin="http://other.example", authorization="Bearer k"))
+    with pytest.raises(Unauthorized):
+        policy.check(_scope(host="anything.example"))
