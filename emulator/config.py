@@ -63,7 +63,7 @@ class Settings:
     checkpoint_mode: str = "auto"
     runc_root: Path = Path("/run/docker/runtime-runc/moby")
     session_label: str = ""
-    api_key: str = ""
+    api_key: str = field(default="", repr=False)  # a secret: kept out of reprs and logs
     allowed_hosts: str = ""
     api_max_body_bytes: int = 1024 * 1024
 
