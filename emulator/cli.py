@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from emulator.config import Settings, env_help
+from emulator.config import Settings, client_auth_headers, env_help
 
 SETUP_SCRIPT = Path(__file__).resolve().parent / "setup" / "host-setup.sh"
 SNAPSHOT_REPO = "tensorlake-emulator/snapshot"
@@ -69,7 +69,7 @@ def _emulator_url(args: argparse.Namespace) -> str:
 
 
 def _get_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=client_auth_headers()), timeout=timeout) as r:
         return json.load(r)
 
 

@@ -35,6 +35,12 @@ ENV_VARS: list[tuple[str, str, str, str]] = [
     ("TLE_RUNC_ROOT", "runc_root", "/run/docker/runtime-runc/moby", "runc state folder of Docker's containers"),
     ("TLE_SESSION_LABEL", "session_label", "",
      "label every sandbox and snapshot with this session (as the X-TLE-Session header does); set by the pytest plugin"),
+    ("TLE_API_KEY", "api_key", "",
+     "when set, both ports require `Authorization: Bearer <key>` (the SDK sends TENSORLAKE_API_KEY so)"),
+    ("TLE_ALLOWED_HOSTS", "allowed_hosts", "",
+     "comma-separated host names accepted in Host and Origin besides localhost, 127.0.0.1, ::1, the bind "
+     "address and TLE_PROXY_URL's host; `*` turns the Host and Origin checks off"),
+    ("TLE_API_MAX_BODY_BYTES", "api_max_body_bytes", "1048576", "largest request body the lifecycle API reads"),
 ]
 
 
@@ -57,10 +63,18 @@ class Settings:
     checkpoint_mode: str = "auto"
     runc_root: Path = Path("/run/docker/runtime-runc/moby")
     session_label: str = ""
+    api_key: str = field(default="", repr=False)  # a secret: kept out of reprs and logs
+    allowed_hosts: str = ""
+    api_max_body_bytes: int = 1024 * 1024
 
     @property
     def advertised_proxy_url(self) -> str:
         return self.proxy_url or f"http://localhost:{self.proxy_port}"
+
+    @property
+    def extra_hosts(self) -> tuple[str, ...]:
+        """TLE_ALLOWED_HOSTS as lower-case host names (`*` kept as is)."""
+        return tuple(h.strip().lower().rstrip(".") for h in self.allowed_hosts.split(",") if h.strip())
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -82,6 +96,16 @@ class Settings:
             else:
                 values[attr] = raw
         return cls(**values)  # type: ignore[arg-type]
+
+
+def client_auth_headers(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Headers for the project's own clients of an emulator (CLI, session reaper): the key the SDK would send.
+
+    TENSORLAKE_API_KEY as the SDK reads it, else TLE_API_KEY (the emulator's own setting); none when neither is set.
+    """
+    env = dict(os.environ if env is None else env)
+    key = env.get("TENSORLAKE_API_KEY") or env.get("TLE_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def env_help() -> str:

@@ -79,3 +79,27 @@ class SandboxNotFound(EmulatorError):
 class MissingSandboxId(EmulatorError):
     status = 400
     code = "MISSING_SANDBOX_ID"
+
+
+class Unauthorized(EmulatorError):
+    """No or a wrong bearer token while TLE_API_KEY is set; the SDK raises RemoteAPIError(401)."""
+
+    status = 401
+    code = "UNAUTHORIZED"
+
+
+class HostNotAllowed(EmulatorError):
+    """A Host or Origin that is not one of the emulator's own names (DNS-rebinding defence)."""
+
+    status = 403
+    code = "HOST_NOT_ALLOWED"
+
+
+class RequestTimeout(EmulatorError):
+    status = 408
+    code = "REQUEST_TIMEOUT"
+
+
+class PayloadTooLarge(EmulatorError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"

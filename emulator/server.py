@@ -13,10 +13,13 @@ import uvicorn
 
 from emulator.agent_client import AgentClients
 from emulator.api.app import build_api
+from emulator.api.body_limit import BodyLimit
 from emulator.backend.docker import DockerBackend
 from emulator.checkpoints.engine import CheckpointEngine, choose_mechanism
 from emulator.checkpoints.probe import CriuProbe
 from emulator.config import Settings
+from emulator.gate import Gate, GatePolicy
+from emulator.http_protocols import JsonErrorsH11Protocol, JsonErrorsWebSocketProtocol
 from emulator.manager.sandboxes import SandboxManager
 from emulator.proxy.app import ProxyApp
 from emulator.store.sqlite import Store
@@ -60,11 +63,16 @@ async def serve(settings: Settings) -> None:
     manager = SandboxManager(settings, store, backend, agents, checkpoints)
     await manager.start()
 
-    api = _Server(uvicorn.Config(build_api(settings, manager), host=settings.bind, port=settings.api_port,
-                                 log_level=settings.log_level, lifespan="off", access_log=False))
-    proxy = _Server(uvicorn.Config(ProxyApp(manager, agents), host=settings.bind, port=settings.proxy_port,
+    # Both ports: the gate first (Host, Origin, token), and uvicorn's own errors as JSON too.
+    api_app = Gate(BodyLimit(build_api(settings, manager), settings.api_max_body_bytes),
+                   GatePolicy.for_port(settings, proxy=False), "api")
+    proxy_app = Gate(ProxyApp(manager, agents), GatePolicy.for_port(settings, proxy=True), "proxy")
+    api = _Server(uvicorn.Config(api_app, host=settings.bind, port=settings.api_port, log_level=settings.log_level,
+                                 lifespan="off", access_log=False, http=JsonErrorsH11Protocol,
+                                 ws=JsonErrorsWebSocketProtocol))
+    proxy = _Server(uvicorn.Config(proxy_app, host=settings.bind, port=settings.proxy_port,
                                    log_level=settings.log_level, lifespan="off", access_log=False,
-                                   timeout_keep_alive=75))
+                                   timeout_keep_alive=75, http=JsonErrorsH11Protocol, ws=JsonErrorsWebSocketProtocol))
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -75,6 +83,9 @@ async def serve(settings: Settings) -> None:
     log.info("lifecycle API on http://%s:%d, sandbox proxy on http://%s:%d (advertised as %s), data in %s",
              settings.bind, settings.api_port, settings.bind, settings.proxy_port,
              settings.advertised_proxy_url, settings.data_dir)
+    log.info("API key %s; Host and Origin %s", "required (TLE_API_KEY)" if settings.api_key else "not required",
+             "not checked (TLE_ALLOWED_HOSTS=*)" if "*" in settings.extra_hosts
+             else f"checked against {', '.join(sorted(GatePolicy.for_port(settings, proxy=True).names))}")
     try:
         await asyncio.gather(api.serve(), proxy.serve())
     finally:

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emulator.config import client_auth_headers
 from sdk_shim.launcher import process_start_time
 
 log = logging.getLogger("tensorlake_emulator")
@@ -248,7 +249,8 @@ def _delete_through_api(rec: SessionRecord, say: Progress) -> bool:
         return False
     items = [("snapshots", ns, i) for ns, i in rec.snapshots] + [("sandboxes", ns, i) for ns, i in rec.sandboxes]
     for kind, ns, ident in items:
-        req = urllib.request.Request(f"{base}/v1/namespaces/{ns}/{kind}/{ident}", method="DELETE")
+        req = urllib.request.Request(f"{base}/v1/namespaces/{ns}/{kind}/{ident}", method="DELETE",
+                                     headers=client_auth_headers())
         try:
             with urllib.request.urlopen(req, timeout=60):
                 say(f"[tensorlake-emulator] deleted {kind[:-1]} {ident}")

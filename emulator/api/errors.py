@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from emulator.errors import EmulatorError
 
@@ -16,6 +19,34 @@ log = logging.getLogger(__name__)
 
 def error_body(message: str, code: str) -> dict[str, str]:
     return {"error": message, "code": code}
+
+
+def json_error_bytes(message: str, code: str) -> bytes:
+    return json.dumps(error_body(message, code)).encode()
+
+
+async def send_asgi_error(scope: dict[str, Any], receive: Any, send: Any, exc: EmulatorError,
+                          headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer an ASGI http or websocket request with exc as a JSON error (for the raw-ASGI layers).
+
+    A WebSocket upgrade gets the same status and body through the ASGI denial-response extension
+    (uvicorn offers it); a server without it can only close, which the client sees as a 403.
+    """
+    body = json_error_bytes(exc.message, exc.code)
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            *(headers or [])]
+    if scope["type"] == "websocket":
+        msg = await receive()
+        if msg["type"] != "websocket.connect":
+            return
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008, "reason": exc.code})
+            return
+        await send({"type": "websocket.http.response.start", "status": exc.status, "headers": head})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    await send({"type": "http.response.start", "status": exc.status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
 
 
 def install(app: FastAPI) -> None:
@@ -32,6 +63,12 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "BAD_REQUEST")
         return JSONResponse(error_body(str(exc.detail), code), status_code=exc.status_code)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+        # The client left (or its request was refused mid-body): nobody reads this answer.
+        log.info("client went away during %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("Client disconnected", "CLIENT_DISCONNECTED"), status_code=400)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

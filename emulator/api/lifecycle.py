@@ -7,18 +7,20 @@ The same router is mounted twice: under /v1/namespaces/{namespace} (local mode) 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from emulator.api import wire
+from emulator.api import validation, wire
 from emulator.errors import BadRequest, NotSupported
 from emulator.manager.sandboxes import SandboxManager
 
 router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
+_TIMES = re.compile(r"[0-9]{1,4}", re.ASCII)
 
 
 def _mgr(request: Request) -> SandboxManager:
@@ -26,22 +28,29 @@ def _mgr(request: Request) -> SandboxManager:
 
 
 def _ns(request: Request) -> str:
-    return request.path_params.get("namespace") or "default"
+    ns = request.path_params.get("namespace")
+    return "default" if ns is None else validation.namespace(ns)
 
 
 def _json(model: BaseModel, status: int = 200) -> JSONResponse:
     return JSONResponse(model.model_dump(mode="json"), status_code=status)
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 async def _parse(request: Request, model: type[M]) -> M:
+    """The body as model; BadRequest for anything else (the body size is capped by api/body_limit.py)."""
     raw = await request.body()
     if not raw.strip():
         data: Any = {}
     else:
         try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise BadRequest(f"Malformed JSON body: {exc}") from exc
+            data = json.loads(raw, parse_constant=_not_json)
+        except (ValueError, RecursionError) as exc:
+            # ValueError covers bad UTF-8 and over-long integers too; RecursionError, nesting too deep.
+            raise BadRequest(f"Malformed JSON body: {str(exc)[:200] or type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise BadRequest("The request body must be a JSON object")
     try:
@@ -56,14 +65,23 @@ def _info(request: Request, rec: Any) -> JSONResponse:
     return _json(wire.sandbox_info(rec, s.advertised_proxy_url, s.runtime))
 
 
+# How long a suspend or resume call may be held open: the SDK asks for at most 30 s.
+MAX_WAIT_MS = 60_000.0
+DEFAULT_REQUEST_TIMEOUT_MS = 300_000.0  # the SDK's default request_timeout
+
+
 def _wait_ms(request: Request) -> float | None:
-    raw = request.query_params.get("wait_ms")
-    if raw is None:
-        return None
-    try:
-        return max(0.0, float(raw)) / 1000
-    except ValueError as exc:
-        raise BadRequest(f"wait_ms must be a number; got {raw!r}") from exc
+    """?wait_ms= in seconds, or None when absent. BadRequest unless a finite number >= 0."""
+    ms = validation.milliseconds(request.query_params.get("wait_ms"), "wait_ms", default=None, upper=MAX_WAIT_MS)
+    return None if ms is None else ms / 1000
+
+
+def _header_ms(request: Request, header: str) -> float:
+    """A millisecond header the SDK sends (PROTOCOL.md §3.1); a bad value is a 400, absent the SDK default."""
+    ms = validation.milliseconds(request.headers.get(header), header, default=DEFAULT_REQUEST_TIMEOUT_MS,
+                                 upper=DEFAULT_REQUEST_TIMEOUT_MS * 10)
+    assert ms is not None
+    return ms
 
 
 # ---- sandboxes -----------------------------------------------------------------------------------
@@ -71,20 +89,22 @@ def _wait_ms(request: Request) -> float | None:
 
 @router.post("/sandboxes")
 async def create_sandbox(request: Request) -> Response:
+    ns = _ns(request)
     req = await _parse(request, wire.CreateSandboxRequest)
+    session = validation.session_label(request.headers.get("x-tle-session"))
+    if req.file_systems:
+        raise NotSupported("Tensorlake Artifact Storage file systems have no local equivalent in this emulator")
+    # A blocking create (PROTOCOL.md §6.1) answers within the client's budget less its grace.
+    blocking = req.wait is not False and request.headers.get("x-tensorlake-request-timeout-grace-ms") is not None
+    budget_ms = (_header_ms(request, "x-tensorlake-request-timeout-ms")
+                 - _header_ms(request, "x-tensorlake-request-timeout-grace-ms"))
     mgr = _mgr(request)
     proxy_url = request.app.state.settings.advertised_proxy_url
-    session = request.headers.get("x-tle-session") or request.app.state.settings.session_label or None
-    rec = await mgr.create(_ns(request), req.to_spec(session))
+    rec = await mgr.create(ns, req.to_spec(session or request.app.state.settings.session_label or None))
     if req.wait is False:
         return _json(wire.create_response(rec, proxy_url), 202)
-    grace = request.headers.get("x-tensorlake-request-timeout-grace-ms")
-    if grace is None:
+    if not blocking:
         return _json(wire.create_response(rec, proxy_url))  # legacy create: answer at once
-    try:
-        budget_ms = float(request.headers.get("x-tensorlake-request-timeout-ms", "300000")) - float(grace)
-    except ValueError:
-        budget_ms = 30000.0
     await mgr.wait_started(rec, max(0.0, budget_ms / 1000 - 0.25))
     if rec.status == "pending":
         return _json(wire.create_response(rec, proxy_url, status="timeout"))
@@ -187,14 +207,10 @@ async def copy_sandbox(request: Request, ident: str) -> JSONResponse:
     mgr = _mgr(request)
     rec = mgr.lookup(_ns(request), ident)
     raw = request.query_params.get("times", "1")
-    try:
-        times = int(raw)
-    except ValueError as exc:
-        raise BadRequest(f"times must be an integer; got {raw!r}") from exc
-    try:
-        budget = float(request.headers.get("x-tensorlake-request-timeout-ms", "300000")) / 1000
-    except ValueError:
-        budget = 300.0
+    if not _TIMES.fullmatch(raw):
+        raise BadRequest(f"times must be a whole number from 1; got {raw[:40]!r}")
+    times = int(raw)
+    budget = _header_ms(request, "x-tensorlake-request-timeout-ms") / 1000
     copies = await mgr.copy(rec, times, timeout=max(1.0, min(budget - 1.0, 120.0)))
     proxy_url = request.app.state.settings.advertised_proxy_url
     return JSONResponse({"source_sandbox_id": rec.id,

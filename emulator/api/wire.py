@@ -4,58 +4,59 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from emulator.api import validation as v
 from emulator.model.records import SandboxRecord, SnapshotRecord
 from emulator.model.spec import SandboxSpec
 
 # ---- requests ------------------------------------------------------------------------------------
-
-_Number = float
+# Every field is limited to what the SDK can read back (api/validation.py): a value stored here is
+# served to every `list()` of the namespace, and one the SDK cannot parse breaks all of them.
 
 
 class _Request(BaseModel):
-    # Unknown fields are ignored (newer SDKs may send more); wrong types are a 400.
+    # Unknown fields are ignored (newer SDKs may send more); wrong types and ranges are a 400.
     model_config = ConfigDict(extra="ignore")
 
 
 class GpuSpec(_Request):
-    count: StrictInt = 1
-    model: str | None = None
+    count: v.GpuCount = 1
+    model: v.GpuModel | None = None
 
 
 class ResourcesIn(_Request):
-    cpus: _Number | None = None
-    memory_mb: StrictInt | None = None
-    disk_mb: StrictInt | None = None
-    gpus: list[GpuSpec] | None = None
+    cpus: v.Cpus | None = None
+    memory_mb: v.MiB | None = None
+    disk_mb: v.MiB | None = None
+    gpus: list[GpuSpec] | None = Field(default=None, max_length=64)
 
 
 class NetworkPolicy(_Request):
     allow_internet_access: StrictBool = True
-    allow_out: list[str] = Field(default_factory=list)
-    deny_out: list[str] = Field(default_factory=list)
+    allow_out: v.NetworkRules = Field(default_factory=list)
+    deny_out: v.NetworkRules = Field(default_factory=list)
 
 
 class FileSystemMount(BaseModel):
     model_config = ConfigDict(extra="allow")
-    file_system_id: str
-    mount_path: str
+    file_system_id: v.Text
+    mount_path: v.Text
 
 
 class CreateSandboxRequest(_Request):
-    image: str | None = None
+    image: v.ImageRef | None = None
     resources: ResourcesIn | None = None
-    timeout_secs: StrictInt | None = None
-    entrypoint: list[str] | None = None
+    timeout_secs: v.Seconds | None = None
+    entrypoint: v.Entrypoint | None = None
     network: NetworkPolicy | None = None
-    snapshot_id: str | None = None
-    name: str | None = None
+    snapshot_id: v.SnapshotId | None = None
+    name: v.SandboxName | None = None
     file_systems: list[FileSystemMount] | None = None
     auto_resume: StrictBool | None = None
     allow_unauthenticated_access: StrictBool | None = None
-    exposed_ports: list[StrictInt] | None = None
-    max_pending_secs: StrictInt | None = None
+    exposed_ports: v.Ports | None = None
+    max_pending_secs: v.Seconds | None = None
     wait: StrictBool | None = None
 
     def to_spec(self, session_label: str | None) -> SandboxSpec:
@@ -72,9 +73,9 @@ class CreateSandboxRequest(_Request):
 
 
 class UpdateSandboxRequest(_Request):
-    name: str | None = None
+    name: v.SandboxName | None = None
     allow_unauthenticated_access: StrictBool | None = None
-    exposed_ports: list[StrictInt] | None = None
+    exposed_ports: v.Ports | None = None
     auto_resume: StrictBool | None = None
     network: NetworkPolicy | None = None
     resources: ResourcesIn | None = None
@@ -164,16 +165,24 @@ def sandbox_url_for(rec: SandboxRecord, proxy_url: str) -> str | None:
     return proxy_url if rec.status in ROUTABLE else None
 
 
+def _readable_int(value: int | None) -> int | None:
+    return None if value is None else max(-v.I64_MAX - 1, min(value, v.I64_MAX))
+
+
 def sandbox_info(rec: SandboxRecord, proxy_url: str, runtime: str) -> SandboxInfo:
+    """rec as the SDK reads it. Values outside the SDK's types, which emulators before the request
+    checks of api/validation.py stored, are served clamped or left out, so that one old record
+    cannot make every `list()` of its namespace fail."""
     return SandboxInfo(
         id=rec.id, namespace=rec.namespace, name=rec.name, status=str(rec.status),
         pending_reason=rec.pending_reason if rec.status == "pending" else None, image=rec.image,
-        resources=Resources(cpus=rec.cpus, memory_mb=rec.memory_mb, disk_mb=rec.disk_mb,
-                            ephemeral_disk_mb=rec.disk_mb),
-        timeout_secs=rec.timeout_secs, entrypoint=rec.entrypoint, network_policy=rec.network_policy,
+        resources=Resources(cpus=rec.cpus, memory_mb=_readable_int(rec.memory_mb) or 0,
+                            disk_mb=_readable_int(rec.disk_mb) or 0, ephemeral_disk_mb=_readable_int(rec.disk_mb) or 0),
+        timeout_secs=_readable_int(rec.timeout_secs), entrypoint=rec.entrypoint, network_policy=rec.network_policy,
         outcome=rec.outcome, termination_reason=rec.termination_reason, error_details=rec.error_details,
         created_at=rec.created_at, started_at=rec.started_at, terminated_at=rec.terminated_at,
-        allow_unauthenticated_access=rec.allow_unauthenticated_access, exposed_ports=rec.exposed_ports,
+        allow_unauthenticated_access=rec.allow_unauthenticated_access,
+        exposed_ports=[p for p in rec.exposed_ports if 0 <= p <= 65535],
         sandbox_url=sandbox_url_for(rec, proxy_url), file_systems=rec.file_systems, auto_resume=rec.auto_resume,
         runtime=runtime,
         resource_resize=rec.resource_resize.model_dump() if rec.resource_resize else None,

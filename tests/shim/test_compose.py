@@ -58,7 +58,7 @@ def test_compose_up_gives_a_working_emulator() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="tle-k-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TLE_", "TENSORLAKE_"))}
     env.update({"TLE_API_PORT": str(api_port), "TLE_PROXY_PORT": str(proxy_port), "TLE_DATA_DIR": str(data_dir),
-                "PWD": str(REPO)})
+                "PWD": str(REPO), "TLE_API_KEY": f"compose-test-{os.getpid()}"})
     project = f"tleshim{os.getpid()}"
     files = ["-f", "docker-compose.yml", "-f", "docker/compose.loopback.yml"]
 
@@ -84,7 +84,8 @@ def test_compose_up_gives_a_working_emulator() -> None:
         # The emulator advertises the proxy under its compose name, and the host CLI can inspect it.
         assert api_healthy(f"http://127.0.0.1:{api_port}")
         status = subprocess.run([str(REPO / ".venv/bin/tensorlake-emulator"), "status", "--url",
-                                 f"http://127.0.0.1:{api_port}"], capture_output=True, text=True, timeout=120)
+                                 f"http://127.0.0.1:{api_port}"], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "TENSORLAKE_API_KEY": env["TLE_API_KEY"]})
         assert f"proxy http://emulator:{proxy_port}" in status.stdout, status.stdout
     finally:
         run("down", "--remove-orphans")

@@ -1,0 +1,428 @@
+"""Bad input to the lifecycle API (issue 9, kind 6): every field is checked before anything is stored.
+
+Each invalid value is sent raw (httpx) to the session's real emulator and must come back as a JSON
+400 in the SDK's error shape, with nothing stored: the namespace stays empty and the real SDK's
+`Sandbox.list()` keeps working. The limits are the SDK's own types, which the last test checks
+against the pinned SDK itself.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sqlite3
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tensorlake.sandbox import Sandbox
+
+from emulator.api.validation import image_reference_problem
+from emulator.server import instance_label
+from sdk_shim.docker_sweep import instance_selector, sweep_sync
+from sdk_shim.launcher import EmulatorProcess
+
+T = 60.0
+BAD_CREATES: list[tuple[str, Any]] = [
+    ("port below 1", {"exposed_ports": [-1]}),
+    ("port 0", {"exposed_ports": [0]}),
+    ("port above u16", {"exposed_ports": [65536]}),
+    ("reserved port", {"exposed_ports": [9501]}),
+    ("port as string", {"exposed_ports": ["8080"]}),
+    ("port as bool", {"exposed_ports": [True]}),
+    ("ports not a list", {"exposed_ports": 8080}),
+    ("negative timeout", {"timeout_secs": -1}),
+    ("timeout above i64", {"timeout_secs": 2**63}),
+    ("timeout past the cap", {"timeout_secs": 2**31}),
+    ("timeout as float", {"timeout_secs": 1.5}),
+    ("timeout as string", {"timeout_secs": "60"}),
+    ("negative max_pending", {"max_pending_secs": -1}),
+    ("zero cpus", {"resources": {"cpus": 0}}),
+    ("negative cpus", {"resources": {"cpus": -1.0}}),
+    ("cpus as string", {"resources": {"cpus": "1"}}),
+    ("cpus as bool", {"resources": {"cpus": True}}),
+    ("zero memory", {"resources": {"memory_mb": 0}}),
+    ("memory above i64", {"resources": {"memory_mb": 2**63}}),
+    ("memory as float", {"resources": {"memory_mb": 512.5}}),
+    ("negative disk", {"resources": {"disk_mb": -1}}),
+    ("disk above i64", {"resources": {"disk_mb": 2**64}}),
+    ("zero gpus", {"resources": {"gpus": [{"count": 0, "model": "H100"}]}}),
+    ("gpus above u32", {"resources": {"gpus": [{"count": 2**32, "model": "H100"}]}}),
+    ("resources not an object", {"resources": "big"}),
+    ("empty name", {"name": ""}),
+    ("name with a space", {"name": "a b"}),
+    ("name starting with '-'", {"name": "-x"}),
+    ("name too long", {"name": "x" * 64}),
+    ("name not ASCII", {"name": "café"}),
+    ("name shaped like an id", {"name": "0123456789abcdef0123"}),
+    ("name not a string", {"name": 12}),
+    ("upper-case image", {"image": "Ubuntu"}),
+    ("image with a space", {"image": "a b"}),
+    ("empty image", {"image": ""}),
+    ("image path traversal", {"image": "../../containers/json"}),
+    ("image with two tags", {"image": "img:a:b"}),
+    ("image with a bad digest", {"image": "img@sha256:zz"}),
+    ("image too long", {"image": "a" * 600}),
+    ("empty command", {"entrypoint": [""]}),
+    ("NUL in entrypoint", {"entrypoint": ["sh", "a\x00b"]}),
+    ("surrogate in entrypoint", {"entrypoint": ["sh", "\ud800"]}),
+    ("entrypoint not a list", {"entrypoint": "sleep 1"}),
+    ("entrypoint of numbers", {"entrypoint": [1]}),
+    ("entrypoint too large", {"entrypoint": ["echo"] + ["x" * 1000] * 70}),
+    ("network rule not a host", {"network": {"allow_out": ["not a host!"]}}),
+    ("network rule bad port", {"network": {"deny_out": ["1.2.3.4:99999"]}}),
+    ("network rules not a list", {"network": {"allow_out": "1.1.1.1"}}),
+    ("network switch as string", {"network": {"allow_internet_access": "no"}}),
+    ("empty snapshot id", {"snapshot_id": ""}),
+    ("snapshot id number", {"snapshot_id": 5}),
+    ("auto_resume as string", {"auto_resume": "yes"}),
+    ("allow_unauthenticated_access as int", {"allow_unauthenticated_access": 1}),
+    ("wait as string", {"wait": "false"}),
+    ("mount without path", {"file_systems": [{"file_system_id": "x"}]}),
+]
+BAD_BODIES: list[tuple[str, bytes]] = [
+    ("not JSON", b"{bad"),
+    ("NaN", b'{"resources": {"cpus": NaN}}'),
+    ("Infinity", b'{"timeout_secs": Infinity}'),
+    ("float overflow", b'{"resources": {"cpus": 1e400}}'),
+    ("nested too deep", b"[" * 50_000 + b"]" * 50_000),
+    ("integer with 5000 digits", b'{"timeout_secs": ' + b"9" * 5000 + b"}"),
+    ("not UTF-8", b'{"name": "\xff\xfe"}'),
+    ("a list", b"[1, 2]"),
+    ("a string", b'"x"'),
+    ("null", b"null"),
+]
+
+
+def _uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def _error(resp: httpx.Response, status: int) -> dict[str, Any]:
+    """The JSON error body the SDK reads (PROTOCOL.md §3.2), after checking its status."""
+    assert resp.status_code == status, (resp.status_code, resp.text[:300])
+    assert resp.headers["content-type"].startswith("application/json"), resp.headers
+    body = resp.json()
+    assert isinstance(body["error"], str) and body["error"] and isinstance(body["code"], str), body
+    return body
+
+
+@pytest.fixture(scope="module")
+def ns() -> str:
+    return f"val-{_uid()}"
+
+
+@pytest.fixture(scope="module")
+def api(emulator: EmulatorProcess) -> httpx.Client:
+    with httpx.Client(base_url=emulator.api_url, timeout=30) as client:
+        yield client
+
+
+def _assert_nothing_stored(api: httpx.Client, ns: str) -> None:
+    assert api.get(f"/v1/namespaces/{ns}/sandboxes").json() == {"sandboxes": []}
+    assert list(Sandbox.list(namespace=ns, request_timeout=10)) == []
+
+
+@pytest.mark.parametrize(("what", "body"), BAD_CREATES, ids=[w for w, _ in BAD_CREATES])
+def test_invalid_create_field_is_a_400_and_nothing_is_stored(api: httpx.Client, ns: str, what: str,
+                                                             body: dict[str, Any]) -> None:
+    resp = api.post(f"/v1/namespaces/{ns}/sandboxes", content=json.dumps(body),
+                    headers={"content-type": "application/json"})
+    err = _error(resp, 400)
+    field = next(iter(body))
+    assert err["code"] == "BAD_REQUEST" and field in err["error"], err
+    _assert_nothing_stored(api, ns)
+
+
+@pytest.mark.parametrize(("what", "raw"), BAD_BODIES, ids=[w for w, _ in BAD_BODIES])
+def test_malformed_body_is_a_400(api: httpx.Client, ns: str, what: str, raw: bytes) -> None:
+    for path in (f"/v1/namespaces/{ns}/sandboxes", "/sandboxes"):
+        err = _error(api.post(path, content=raw, headers={"content-type": "application/json"}), 400)
+        assert err["code"] == "BAD_REQUEST"
+    _assert_nothing_stored(api, ns)
+
+
+def test_bad_path_query_and_header_values(api: httpx.Client, ns: str) -> None:
+    assert _error(api.post("/v1/namespaces/a%00b/sandboxes", json={}), 400)["code"] == "BAD_REQUEST"
+    assert _error(api.get("/v1/namespaces/-x/sandboxes"), 400)["code"] == "BAD_REQUEST"
+    headers = {"x-tensorlake-request-timeout-grace-ms": "nan"}
+    _error(api.post(f"/v1/namespaces/{ns}/sandboxes", json={}, headers=headers), 400)
+    _error(api.post(f"/v1/namespaces/{ns}/sandboxes", json={}, headers={"x-tle-session": "x" * 200}), 400)
+    _assert_nothing_stored(api, ns)
+
+
+def test_unknown_routes_and_methods_answer_json(api: httpx.Client) -> None:
+    for path in ("/nope", "/v1/namespaces/default/sandboxes/x/y/z", "/v1/other"):
+        assert _error(api.get(path), 404)["code"] == "NOT_FOUND"
+    assert _error(api.put("/healthz"), 405)["code"] == "METHOD_NOT_ALLOWED"
+    assert _error(api.request("PATCH", "/v1/namespaces/default/sandboxes"), 405)["code"] == "METHOD_NOT_ALLOWED"
+    _error(api.get("/v1/namespaces/default/sandboxes/nosuch"), 404)
+    _error(api.delete("/v1/namespaces/default/snapshots/nosuch"), 404)
+
+
+@pytest.fixture(scope="module")
+def live_ns(ns: str) -> str:
+    return f"{ns}-live"
+
+
+@pytest.fixture(scope="module")
+def named(api: httpx.Client, live_ns: str) -> Any:
+    """A sandbox, alone in its namespace, whose edge-of-range fields were all accepted."""
+    name = f"Edge_{_uid()}"
+    sb = Sandbox.create(
+        name=name, namespace=live_ns, memory_mb=256, timeout_secs=2**31 - 1, exposed_ports=[1, 65535, 8080],
+        entrypoint=["sleep", "infinity"], request_timeout=T)
+    yield sb
+    sb.terminate()
+
+
+def test_edge_values_are_accepted_and_read_back(api: httpx.Client, live_ns: str, named: Any) -> None:
+    info = api.get(f"/v1/namespaces/{live_ns}/sandboxes/{named.sandbox_id}").json()
+    assert info["exposed_ports"] == [1, 8080, 65535] and info["timeout_secs"] == 2**31 - 1
+    resp = api.patch(f"/v1/namespaces/{live_ns}/sandboxes/{named.sandbox_id}",
+                     json={"exposed_ports": [443, 22, 443],
+                           "network": {"allow_internet_access": True,
+                                       "allow_out": ["8.8.8.8", "10.0.0.0/8", "api.example.com:443", "::1"],
+                                       "deny_out": ["192.168.1.0/24"]}})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["exposed_ports"] == [22, 443]
+    (listed,) = [s for s in Sandbox.list(namespace=live_ns, request_timeout=10) if s.sandbox_id == named.sandbox_id]
+    assert listed.exposed_ports == [22, 443] and listed.network_policy.allow_out[2] == "api.example.com:443"
+
+
+BAD_UPDATES: list[tuple[str, Any]] = [
+    ("port above u16", {"exposed_ports": [70000]}),
+    ("reserved port", {"exposed_ports": [9501]}),
+    ("bad name", {"name": "a b"}),
+    ("null name", {"name": None}),
+    ("network rule", {"network": {"allow_out": ["x y"]}}),
+    ("cpus as string", {"resources": {"cpus": "2"}}),
+    ("negative memory", {"resources": {"memory_mb": -1}}),
+    ("auto_resume as string", {"auto_resume": "no"}),
+    ("empty update", {}),
+]
+
+
+@pytest.mark.parametrize(("what", "body"), BAD_UPDATES, ids=[w for w, _ in BAD_UPDATES])
+def test_invalid_update_is_a_400_and_changes_nothing(api: httpx.Client, live_ns: str, named: Any, what: str,
+                                                     body: dict[str, Any]) -> None:
+    path = f"/v1/namespaces/{live_ns}/sandboxes/{named.sandbox_id}"
+    before = api.get(path).json()
+    assert _error(api.patch(path, json=body), 400)["code"] == "BAD_REQUEST"
+    after = api.get(path).json()
+    assert after == before
+    assert [s.sandbox_id for s in Sandbox.list(namespace=live_ns, request_timeout=10)] == [named.sandbox_id]
+
+
+def test_bad_wait_and_times_are_a_400(api: httpx.Client, live_ns: str, named: Any) -> None:
+    base = f"/v1/namespaces/{live_ns}/sandboxes/{named.sandbox_id}"
+    for value in ("abc", "-1", "inf", "nan"):
+        assert _error(api.post(f"{base}/suspend?wait_ms={value}"), 400)["code"] == "BAD_REQUEST"
+        assert _error(api.post(f"{base}/resume?wait_ms={value}"), 400)["code"] == "BAD_REQUEST"
+    for value in ("abc", "0", "-1", "1.5", "99999"):
+        assert _error(api.post(f"{base}/copy?times={value}"), 400)["code"] == "BAD_REQUEST"
+    assert api.get(base).json()["status"] == "running"
+
+
+def test_invalid_image_is_a_400_not_a_503(api: httpx.Client, ns: str) -> None:
+    for image in ("Ubuntu:latest", "a//b", "x:-bad", "img@sha256:abc"):
+        resp = api.post(f"/v1/namespaces/{ns}/sandboxes", json={"image": image})
+        assert _error(resp, 400)["code"] == "BAD_REQUEST", image
+    _assert_nothing_stored(api, ns)
+
+
+# None of the valid ones exists locally, so the engine answers 404 for them and 400 for the invalid ones.
+REFERENCES = ["tle-probe-nonexistent", "tle-probe-nonexistent:1.36", "library/tle-probe-x",
+              "docker.io/library/tle-probe-x:latest", "localhost:5000/a/b:c", "localhost/x",
+              "my.registry:443/team/app_v2__x:tag-1.0", "a" * 64, "img@sha256:" + "a" * 64,
+              "img:tag@sha256:" + "0" * 64, "localhost:99999999999/a",
+              "[::1]:5000/img", "Ubuntu", "UPPER/case", "a b", "", "../../containers/json", "img:a:b",
+              "img@sha256:zz", "a//b", "-a", "a-", "a__b", "a___b", "x:" + "t" * 129, "x:.bad",
+              "Registry.IO/team/app", "reg.io/Team/app", "img:tag/x", "a/b/", "/a"]
+
+
+def test_image_reference_grammar_agrees_with_the_docker_engine() -> None:
+    """The engine itself parses each reference: a container create answers 400 when it cannot."""
+    transport = httpx.HTTPTransport(uds="/var/run/docker.sock")
+    with httpx.Client(transport=transport, base_url="http://docker", timeout=10) as docker:
+        for ref in REFERENCES:
+            resp = docker.post("/containers/create", json={"Image": ref, "Labels": {"dev.tle-test.probe": "1"}})
+            if resp.status_code == 201:  # not expected: nothing by these names exists; leave nothing behind
+                docker.delete(f"/containers/{resp.json()['Id']}", params={"force": "1"})
+            assert resp.status_code in (400, 404), (ref, resp.status_code, resp.text)
+            engine_ok = resp.status_code == 404
+            assert engine_ok == (image_reference_problem(ref) is None), (ref, resp.text, image_reference_problem(ref))
+
+
+def test_sdk_types_are_the_limits() -> None:
+    """The pinned SDK itself rejects a list holding one value past each limit (the reason for kind 6).
+
+    A loopback server serves SandboxInfo bodies to the real SDK's `Sandbox.list()`: at the limit the
+    list parses, one past it the whole list fails.
+    """
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body: dict[str, bytes] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body["b"])))
+            self.end_headers()
+            self.wfile.write(body["b"])
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    base = {"id": "abc", "namespace": "default", "status": "running", "exposed_ports": [],
+            "resources": {"cpus": 1.0, "memory_mb": 1024, "disk_mb": 10240}, "sandbox_url": "http://localhost:1"}
+    cases = [("exposed_ports", [65535], [65536]), ("exposed_ports", [1], [-1]),
+             ("timeout_secs", 2**63 - 1, 2**63), ("resources.memory_mb", 2**63 - 1, 2**63),
+             ("resources.disk_mb", 2**63 - 1, 2**63)]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://localhost:{server.server_port}"
+        for field, ok, bad in cases:
+            for value, parses in ((ok, True), (bad, False)):
+                info = json.loads(json.dumps(base))
+                target = info["resources"] if field.startswith("resources.") else info
+                target[field.split(".")[-1]] = value
+                body["b"] = json.dumps({"sandboxes": [info]}).encode()
+                try:
+                    list(Sandbox.list(api_url=url, request_timeout=5))
+                    parsed = True
+                except Exception:
+                    parsed = False
+                assert parsed == parses, (field, value)
+    finally:
+        server.shutdown()
+
+
+# ---- what uvicorn answers itself: raw sockets ------------------------------------------------------
+
+
+def _raw(port: int, data: bytes, read_timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Send data on a fresh connection and read one response (status, headers, body) until close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as s:
+        s.sendall(data)
+        buf = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            head, sep, rest = buf.partition(b"\r\n\r\n")
+            if sep and b"content-length:" in head.lower():
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(rest) >= length:
+                    break
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def _json_error(status_headers_body: tuple[int, dict[str, str], bytes], status: int) -> dict[str, Any]:
+    got, headers, body = status_headers_body
+    assert got == status, (got, body[:300])
+    assert headers.get("content-type", "").startswith("application/json"), headers
+    err = json.loads(body)
+    assert isinstance(err["error"], str) and isinstance(err["code"], str)
+    return err
+
+
+def test_declared_oversized_body_is_a_413_without_reading_it(emulator: EmulatorProcess) -> None:
+    req = (b"POST /v1/namespaces/default/sandboxes HTTP/1.1\r\nHost: localhost\r\n"
+           b"Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n")
+    assert _json_error(_raw(emulator.api_port, req), 413)["code"] == "PAYLOAD_TOO_LARGE"
+
+
+def test_chunked_body_past_the_limit_is_a_413(emulator: EmulatorProcess) -> None:
+    chunk = b"x" * 65536
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(17))  # just over 1 MiB, unfinished
+    req = (b"POST /v1/namespaces/default/sandboxes HTTP/1.1\r\nHost: localhost\r\n"
+           b"Transfer-Encoding: chunked\r\n\r\n" + body)
+    assert _json_error(_raw(emulator.api_port, req), 413)["code"] == "PAYLOAD_TOO_LARGE"
+
+
+def test_body_that_stops_arriving_is_a_408(emulator: EmulatorProcess) -> None:
+    req = (b"POST /v1/namespaces/default/sandboxes HTTP/1.1\r\nHost: localhost\r\n"
+           b"Content-Length: 100\r\n\r\n{")
+    started = time.monotonic()
+    assert _json_error(_raw(emulator.api_port, req, read_timeout=60), 408)["code"] == "REQUEST_TIMEOUT"
+    assert time.monotonic() - started < 45
+
+
+@pytest.mark.parametrize("port_kind", ["api", "proxy"])
+def test_unparsable_requests_get_json_errors(emulator: EmulatorProcess, port_kind: str) -> None:
+    port = emulator.api_port if port_kind == "api" else emulator.proxy_port
+    _json_error(_raw(port, b"GARBAGE\r\n\r\n"), 400)
+    _json_error(_raw(port, b"GET / HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n"), 400)
+    _json_error(_raw(port, b"GET /\xff\xfe HTTP/1.1\r\nHost: localhost\r\n\r\n"), 400)
+    _json_error(_raw(port, b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: x\r\n\r\n"), 400)
+    # headers still unfinished past h11's buffer limit (16 KiB)
+    huge = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 100_000
+    assert _json_error(_raw(port, huge), 431)["code"] == "HEADERS_TOO_LARGE"
+    # a WebSocket upgrade the handshake refuses (no Sec-WebSocket-Key)
+    upgrade = (b"GET /api/v1/tunnels/tcp?port=1 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    _json_error(_raw(port, upgrade), 400)
+    # and the port still answers afterwards (the proxy: that no sandbox is named)
+    after = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    assert after[0] == 200 if port_kind == "api" else _json_error(after, 400)["code"] == "MISSING_SANDBOX_ID"
+
+
+def test_websocket_to_the_api_is_refused_in_json(emulator: EmulatorProcess) -> None:
+    upgrade = (b"GET /v1/namespaces/default/sandboxes HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    _json_error(_raw(emulator.api_port, upgrade), 403)
+
+
+def test_records_stored_before_the_checks_do_not_break_list() -> None:
+    """A record an older emulator stored out of range (the issue's `[-1]`) is served within the SDK's types."""
+    data_dir = Path(tempfile.mkdtemp(prefix="tle-val-old-", dir="/tmp"))
+    emu = EmulatorProcess(data_dir=data_dir).start()
+    try:
+        resp = httpx.post(f"{emu.api_url}/v1/namespaces/default/sandboxes", json={"wait": False}, timeout=30)
+        sid = resp.json()["sandbox_id"]
+        assert httpx.delete(f"{emu.api_url}/v1/namespaces/default/sandboxes/{sid}", timeout=30).status_code == 200
+        emu.stop()
+        db = sqlite3.connect(data_dir / "state.sqlite3")
+        (body,) = db.execute("SELECT body FROM sandboxes WHERE id = ?", (sid,)).fetchone()
+        rec = json.loads(body)
+        rec.update(exposed_ports=[-1, 8080, 70000], timeout_secs=2**64, disk_mb=2**70)
+        db.execute("UPDATE sandboxes SET body = ? WHERE id = ?", (json.dumps(rec), sid))
+        db.commit()
+        db.close()
+        emu.start()
+        (info,) = [s for s in Sandbox.list(api_url=emu.api_url, request_timeout=10) if s.sandbox_id == sid]
+        assert info.exposed_ports == [8080] and info.timeout_secs == 2**63 - 1
+    finally:
+        emu.stop()
+        sweep_sync(*instance_selector(instance_label(data_dir)))
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("port_kind", ["api", "proxy"])
+def test_bad_framing_mid_body_leaves_no_trace(emulator: EmulatorProcess, port_kind: str) -> None:
+    """h11 refuses a chunk header after the app began reading the body: one JSON 400, no traceback logged."""
+    port = emulator.api_port if port_kind == "api" else emulator.proxy_port
+    log = Path(emulator.log_path or "")
+    before = log.read_text(errors="replace").count("Traceback")
+    req = (b"POST /v1/namespaces/default/sandboxes HTTP/1.1\r\nHost: localhost\r\nX-Tensorlake-Sandbox-Id: nosuch\r\n"
+           b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nzz\r\n")
+    _json_error(_raw(port, req), 400)
+    time.sleep(0.5)
+    assert log.read_text(errors="replace").count("Traceback") == before
