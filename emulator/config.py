@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 def _default_data_dir() -> str:
@@ -13,59 +16,66 @@ def _default_data_dir() -> str:
     return str(Path.home() / ".local/share/tensorlake-emulator")
 
 
-# (env var, attribute, default, help) — the single list that --help prints.
-ENV_VARS: list[tuple[str, str, str, str]] = [
-    ("TLE_BIND", "bind", "127.0.0.1", "address both servers listen on"),
-    ("TLE_API_PORT", "api_port", "8900", "lifecycle API port"),
-    ("TLE_PROXY_PORT", "proxy_port", "9443", "sandbox proxy (data plane) port"),
-    ("TLE_PROXY_URL", "proxy_url", "", "sandbox_url advertised to the SDK (default http://localhost:<proxy port>)"),
-    ("TLE_DATA_DIR", "data_dir", "", "folder for the state database, agent sockets and snapshots"),
-    ("TLE_DEFAULT_IMAGE", "default_image", "tensorlake-emulator/sandbox:latest", "image used when none is given"),
-    ("TLE_RUNTIME", "runtime", "runc", "OCI runtime for sandboxes: runc or runsc (gVisor)"),
-    ("TLE_LOG_LEVEL", "log_level", "info", "debug, info, warning or error"),
-    ("TLE_DOCKER_HOST", "docker_host", "unix:///var/run/docker.sock", "Docker Engine API endpoint"),
-    ("TLE_DEFAULT_DISK_MB", "default_disk_mb", "10240", "disk_mb reported when a create gives none"),
-    ("TLE_PIDS_LIMIT", "pids_limit", "4096", "pids cgroup limit per sandbox"),
-    ("TLE_AGENT_OUTPUT_LIMIT_BYTES", "agent_output_limit", "16777216",
-     "per-process output kept by the in-sandbox agent; older lines past it are dropped and reported"),
-    ("TLE_STARTUP_TIMEOUT", "startup_timeout", "60", "seconds a sandbox may take to answer before it fails"),
-    ("TLE_TERMINATE_ON_EXIT", "terminate_on_exit", "0", "1 = terminate every sandbox when the emulator stops"),
-    ("TLE_CHECKPOINT", "checkpoint_mode", "auto",
-     "auto, runc, docker or off: how suspend/checkpoint dump memory (auto: runc where it works)"),
-    ("TLE_RUNC_ROOT", "runc_root", "/run/docker/runtime-runc/moby", "runc state folder of Docker's containers"),
-    ("TLE_SESSION_LABEL", "session_label", "",
-     "label every sandbox and snapshot with this session (as the X-TLE-Session header does); set by the pytest plugin"),
-    ("TLE_API_KEY", "api_key", "",
-     "when set, both ports require `Authorization: Bearer <key>` (the SDK sends TENSORLAKE_API_KEY so)"),
-    ("TLE_ALLOWED_HOSTS", "allowed_hosts", "",
-     "comma-separated host names accepted in Host and Origin besides localhost, 127.0.0.1, ::1, the bind "
-     "address and TLE_PROXY_URL's host; `*` turns the Host and Origin checks off"),
-    ("TLE_API_MAX_BODY_BYTES", "api_max_body_bytes", "1048576", "largest request body the lifecycle API reads"),
-]
+class ConfigError(SystemExit):
+    """A bad TLE_* value. A SystemExit, so every entry point (CLI, server, plugin) stops at start with
+    this one line on stderr instead of a traceback."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    bind: str = "127.0.0.1"
-    api_port: int = 8900
-    proxy_port: int = 9443
-    proxy_url: str = ""
-    data_dir: Path = field(default_factory=lambda: Path(_default_data_dir()))
-    default_image: str = "tensorlake-emulator/sandbox:latest"
-    runtime: str = "runc"
-    log_level: str = "info"
-    docker_host: str = "unix:///var/run/docker.sock"
-    default_disk_mb: int = 10240
-    pids_limit: int = 4096
-    agent_output_limit: int = 16 * 1024 * 1024
-    startup_timeout: float = 60.0
-    terminate_on_exit: bool = False
-    checkpoint_mode: str = "auto"
-    runc_root: Path = Path("/run/docker/runtime-runc/moby")
-    session_label: str = ""
-    api_key: str = field(default="", repr=False)  # a secret: kept out of reprs and logs
-    allowed_hosts: str = ""
-    api_max_body_bytes: int = 1024 * 1024
+def _env(var: str, default: Any, text: str, **limits: Any) -> Any:
+    """A setting: its environment variable, its default (written here only) and its --help text."""
+    return Field(default, alias=var, description=text, **limits)
+
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+CheckpointMode = Literal["auto", "runc", "docker", "off"]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Settings(BaseModel):
+    """The emulator's settings. Defaults are written once, on the fields; `from_env` reads TLE_*.
+
+    Built by attribute name in code (`Settings(data_dir=...)`), by variable name from the environment.
+    """
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
+
+    bind: str = _env("TLE_BIND", "127.0.0.1", "address both servers listen on")
+    api_port: Port = _env("TLE_API_PORT", 8900, "lifecycle API port")
+    proxy_port: Port = _env("TLE_PROXY_PORT", 9443, "sandbox proxy (data plane) port")
+    proxy_url: str = _env("TLE_PROXY_URL", "",
+                          "sandbox_url advertised to the SDK (default http://localhost:<proxy port>)")
+    data_dir: Path = _env("TLE_DATA_DIR", Path(_default_data_dir()),
+                          "folder for the state database, agent sockets and snapshots")
+    default_image: str = _env("TLE_DEFAULT_IMAGE", "tensorlake-emulator/sandbox:latest",
+                              "image used when none is given")
+    runtime: str = _env("TLE_RUNTIME", "runc", "OCI runtime for sandboxes: runc or runsc (gVisor)", min_length=1)
+    log_level: LogLevel = _env("TLE_LOG_LEVEL", "info", "debug, info, warning or error")
+    docker_host: str = _env("TLE_DOCKER_HOST", "unix:///var/run/docker.sock", "Docker Engine API endpoint")
+    default_disk_mb: int = _env("TLE_DEFAULT_DISK_MB", 10240, "disk_mb reported when a create gives none", ge=1)
+    pids_limit: int = _env("TLE_PIDS_LIMIT", 4096, "pids cgroup limit per sandbox", ge=16)
+    agent_output_limit: int = _env("TLE_AGENT_OUTPUT_LIMIT_BYTES", 16 * 1024 * 1024,
+                                   "per-process output kept by the in-sandbox agent; older lines past it are "
+                                   "dropped and reported", ge=1024)
+    startup_timeout: float = _env("TLE_STARTUP_TIMEOUT", 60.0,
+                                  "seconds a sandbox may take to answer before it fails", gt=0)
+    terminate_on_exit: bool = _env("TLE_TERMINATE_ON_EXIT", False,
+                                   "1 = terminate every sandbox when the emulator stops")
+    checkpoint_mode: CheckpointMode = _env("TLE_CHECKPOINT", "auto",
+                                           "auto, runc, docker or off: how suspend/checkpoint dump memory "
+                                           "(auto: runc where it works)")
+    runc_root: Path = _env("TLE_RUNC_ROOT", Path("/run/docker/runtime-runc/moby"),
+                           "runc state folder of Docker's containers")
+    session_label: str = _env("TLE_SESSION_LABEL", "",
+                              "label every sandbox and snapshot with this session (as the X-TLE-Session header "
+                              "does); set by the pytest plugin")
+    api_key: str = _env("TLE_API_KEY", "", "when set, both ports require `Authorization: Bearer <key>` (the SDK "
+                                           "sends TENSORLAKE_API_KEY so)", repr=False)  # a secret
+    allowed_hosts: str = _env("TLE_ALLOWED_HOSTS", "",
+                              "comma-separated host names accepted in Host and Origin besides localhost, "
+                              "127.0.0.1, ::1, the bind address and TLE_PROXY_URL's host; `*` turns the Host "
+                              "and Origin checks off")
+    api_max_body_bytes: int = _env("TLE_API_MAX_BODY_BYTES", 1024 * 1024,
+                                   "largest request body the lifecycle API reads", ge=1024)
 
     @property
     def advertised_proxy_url(self) -> str:
@@ -77,25 +87,24 @@ class Settings:
         return tuple(h.strip().lower().rstrip(".") for h in self.allowed_hosts.split(",") if h.strip())
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if env is None else env)
-        types = {f.name: f.type for f in fields(cls)}
-        values: dict[str, object] = {}
-        for var, attr, default, _ in ENV_VARS:
-            raw = env.get(var, default)
-            if attr == "data_dir":
-                values[attr] = Path(raw or _default_data_dir())
-            elif attr == "runc_root":
-                values[attr] = Path(raw)
-            elif types[attr] in ("int", int):
-                values[attr] = int(raw)
-            elif types[attr] in ("float", float):
-                values[attr] = float(raw)
-            elif types[attr] in ("bool", bool):
-                values[attr] = raw.strip().lower() in ("1", "true", "yes", "on")
-            else:
-                values[attr] = raw
-        return cls(**values)  # type: ignore[arg-type]
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from TLE_* variables (an empty value means the default).
+
+        Raises ConfigError with one line naming the variable, its value and what is accepted.
+        """
+        env = os.environ if env is None else env
+        given = {var: env[var] for var in ENV_VARS if env.get(var, "").strip() != ""}
+        try:
+            return cls.model_validate(given)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            var = str(err["loc"][0])
+            raise ConfigError(f"tensorlake-emulator: {var}={given.get(var, '')!r} is not valid: "
+                              f"{err['msg']}") from None
+
+
+# variable -> attribute, in the order --help prints them
+ENV_VARS: dict[str, str] = {str(f.alias): name for name, f in Settings.model_fields.items()}
 
 
 def client_auth_headers(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -109,10 +118,13 @@ def client_auth_headers(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def env_help() -> str:
-    width = max(len(v) for v, *_ in ENV_VARS)
+    """The --help text of every variable, with its default."""
+    width = max(len(v) for v in ENV_VARS)
     lines = ["environment variables:"]
-    for var, _, default, text in ENV_VARS:
-        shown = default or ("/var/lib/tensorlake-emulator/data (root) or ~/.local/share/tensorlake-emulator"
-                            if var == "TLE_DATA_DIR" else "-")
-        lines.append(f"  {var.ljust(width)}  {text} [default: {shown}]")
+    for var, attr in ENV_VARS.items():
+        field = Settings.model_fields[attr]
+        default = field.default
+        shown = ("/var/lib/tensorlake-emulator/data (root) or ~/.local/share/tensorlake-emulator"
+                 if var == "TLE_DATA_DIR" else str(int(default) if isinstance(default, bool) else default) or "-")
+        lines.append(f"  {var.ljust(width)}  {field.description} [default: {shown}]")
     return "\n".join(lines)
