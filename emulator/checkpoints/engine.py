@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.backend.base import LABEL_SNAPSHOT, ContainerSpec, RuntimeBackend
+from emulator.checkpoints import containerd_leftovers
 from emulator.checkpoints.mechanisms import DockerMechanism, Mechanism, RuncMechanism
 from emulator.checkpoints.probe import CriuProbe
 from emulator.errors import BadRequest, EmulatorError, NotFound, NotSupported
@@ -110,6 +111,9 @@ class CheckpointEngine:
                     log.warning("container %s stays paused in Docker's view: %s", cid[:12], again.message)
         await self.mechanism.thaw([c.container_id for c in await self.backend.list_ours() if c.running])
         await self.backend.prune_dangling_ours()
+        swept = await asyncio.to_thread(containerd_leftovers.sweep_stale)
+        if swept:
+            log.info("removed %d copies of old restores that containerd left in /tmp", swept)
         if self.probe.ok:
             await self.run_canary()
 

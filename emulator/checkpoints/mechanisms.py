@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from emulator.backend.base import RuntimeBackend
+from emulator.checkpoints.containerd_leftovers import NONCE_FILE, remove_copy_of
 from emulator.errors import EmulatorError
 
 
@@ -91,16 +92,26 @@ class DockerMechanism:
         await self.backend.delete_checkpoint(container_id, name)
         await self.backend.checkpoint(container_id, name, leave_running=False)
 
-    def _make_unique(self, container_id: str, name: str) -> None:
+    def _make_unique(self, container_id: str, name: str) -> str:
         # Docker uploads the dump folder as a tar into containerd's content store and fails with
         # "content sha256:... already exists" when an identical tar is still there (the blob of the
         # checkpoint that made this dump, before containerd's GC ran; or a second restore of the same
-        # snapshot). CRIU ignores files it does not know, so a nonce file makes every upload unique.
-        (self.checkpoint_dir(container_id, name) / "tle-restore-nonce").write_text(uuid.uuid4().hex)
+        # snapshot). CRIU ignores files it does not know, so a nonce file makes every upload unique,
+        # and it names containerd's leftover copy of this restore (containerd_leftovers.py).
+        nonce = uuid.uuid4().hex
+        (self.checkpoint_dir(container_id, name) / NONCE_FILE).write_text(nonce)
+        return nonce
+
+    async def _start_from(self, container_id: str, name: str, nonce: str) -> None:
+        """Docker's restore, then removal of containerd's copy of the dump (whatever the outcome)."""
+        try:
+            await self.backend.start_from_checkpoint(container_id, name)
+        finally:
+            await asyncio.to_thread(remove_copy_of, nonce)
 
     async def restore_in_place(self, container_id: str, name: str) -> None:
-        await asyncio.to_thread(self._make_unique, container_id, name)
-        await self.backend.start_from_checkpoint(container_id, name)
+        nonce = await asyncio.to_thread(self._make_unique, container_id, name)
+        await self._start_from(container_id, name, nonce)
         await self.backend.delete_checkpoint(container_id, name)
 
     async def dump_running(self, container_id: str, name: str, dest: Path) -> None:
@@ -126,9 +137,9 @@ class DockerMechanism:
 
     async def restore_new(self, container_id: str, name: str, src: Path) -> None:
         await asyncio.to_thread(link_or_copy_tree, src, self.checkpoint_dir(container_id, name))
-        await asyncio.to_thread(self._make_unique, container_id, name)
+        nonce = await asyncio.to_thread(self._make_unique, container_id, name)
         try:
-            await self.backend.start_from_checkpoint(container_id, name)
+            await self._start_from(container_id, name, nonce)
         finally:
             await self.backend.delete_checkpoint(container_id, name)
 
@@ -225,9 +236,9 @@ class RuncMechanism(DockerMechanism):
     async def _restore_linked(self, container_id: str, name: str, src: Path) -> None:
         if not (src / "inventory.img").is_file():
             raise EmulatorError(f"restore failed: the dump in {src} is missing")
-        await asyncio.to_thread(_link_dump, src, super().checkpoint_dir(container_id, name))
+        nonce = await asyncio.to_thread(_link_dump, src, super().checkpoint_dir(container_id, name))
         try:
-            await self.backend.start_from_checkpoint(container_id, name)
+            await self._start_from(container_id, name, nonce)
         finally:
             await self.backend.delete_checkpoint(container_id, name)
 
@@ -246,8 +257,9 @@ async def thaw_frozen(runc_root: Path, runc: str, container_ids: list[str]) -> N
             await resume.wait()
 
 
-def _link_dump(src: Path, dst: Path) -> None:
-    """Docker's checkpoint folder for `src`: small images copied, page images as relative links."""
+def _link_dump(src: Path, dst: Path) -> str:
+    """Docker's checkpoint folder for `src`: small images copied, page images as relative links; returns
+    the restore's nonce."""
     _fresh_dir(dst)
     climb = "../" * 64  # more than any folder depth containerd unpacks into; extra `..` stop at `/`
     for f in src.iterdir():
@@ -256,7 +268,9 @@ def _link_dump(src: Path, dst: Path) -> None:
         elif f.is_file():
             shutil.copy2(f, dst / f.name)
     # A unique file, so containerd never sees an upload identical to one it still holds.
-    (dst / "tle-restore-nonce").write_text(uuid.uuid4().hex)
+    nonce = uuid.uuid4().hex
+    (dst / NONCE_FILE).write_text(nonce)
+    return nonce
 
 
 def _fresh_dir(path: Path) -> None:
