@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Provide CRIU >= 4.2 on PATH without touching the host's libc (see shared/HOST.md):
+# Provide CRIU >= 4.2 on PATH without touching the host's libc (see docs/host.md):
 # bookworm's criu 3.17 fails on this kernel and trixie's 4.1 cannot dump TCP sockets, so we
 # debootstrap a trixie root of its own, install Debian experimental's criu inside it, and put a
 # wrapper on PATH that runs that binary through that root's own dynamic loader.

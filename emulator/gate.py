@@ -4,12 +4,12 @@ Host and Origin: a web page cannot drive the emulator through DNS rebinding (a n
 attacker's that resolves to 127.0.0.1), because every request must name the emulator by one of its
 own names: localhost, 127.0.0.1, ::1, the bind address, TLE_PROXY_URL's host and TLE_ALLOWED_HOSTS
 (any port). The proxy also accepts `Host: <sandbox id or name>.local` with no port, which is what the
-SDK sends to a localhost proxy (PROTOCOL.md §1.2) and what a browser never sends for a non-default
+SDK sends to a localhost proxy (docs/protocol.md §1.2) and what a browser never sends for a non-default
 port. An Origin header, which browsers add to cross-site and WebSocket requests, must name one of
 the same hosts. Refusals are `403 {"code":"HOST_NOT_ALLOWED"}`. TLE_ALLOWED_HOSTS=* turns both off.
 
 Token: with TLE_API_KEY set, every request on both ports, WebSocket upgrades included, must carry
-`Authorization: Bearer <key>`, as the SDK sends TENSORLAKE_API_KEY to the cloud (PROTOCOL.md §2, for
+`Authorization: Bearer <key>`, as the SDK sends TENSORLAKE_API_KEY to the cloud (docs/protocol.md §2, for
 lifecycle, proxy, PTY and tunnel upgrades and PTY DELETE alike). Otherwise `401
 {"code":"UNAUTHORIZED"}`, which the SDK raises as RemoteAPIError(401). `GET /healthz` of the API
 stays open, for health checks that hold no key.
@@ -100,7 +100,7 @@ class GatePolicy:
         if not self.any_host:
             if not hosts:
                 raise HostNotAllowed("A Host header is required")
-            for host in hosts:  # 0.5.113's sync PTY client sent two (PROTOCOL.md §9)
+            for host in hosts:  # 0.5.113's sync PTY client sent two (docs/protocol.md §9)
                 self._check_host(host)
             for origin in origins:
                 self._check_origin(origin)

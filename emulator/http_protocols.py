@@ -3,7 +3,7 @@
 uvicorn answers what never reaches the app itself: a request h11 cannot parse (400, or 431 for
 headers over h11's limit), and WebSocket handshakes that fail or that the app refuses. Its bodies
 are plain text; these subclasses give the `{"error", "code"}` JSON every other answer of the
-emulator has (PROTOCOL.md §3.2). They are passed to uvicorn explicitly (server.py), so the choice
+emulator has (docs/protocol.md §3.2). They are passed to uvicorn explicitly (server.py), so the choice
 does not depend on whether httptools happens to be installed.
 
 The h11 protocol also answers a request target uvicorn cannot decode (bytes outside ASCII), which

@@ -1,4 +1,4 @@
-"""Environment for the SDK (PROTOCOL.md §2). The SDK reads it once, at import: set it before `import tensorlake`."""
+"""Environment for the SDK (docs/protocol.md §2), read once at import: set it before `import tensorlake`."""
 
 from __future__ import annotations
 

@@ -467,7 +467,7 @@ def test_follow_stream_during_suspend(emulator: EmulatorProcess) -> None:
     """An open follow stream is a host connection into the agent, which CRIU cannot dump: the
     suspend cuts it, and the dump goes through. The SDK then reconnects the follow; with
     auto_resume off that reconnect is refused (the sandbox stays suspended and the follow call
-    ends), with auto_resume on it is data-plane traffic and wakes the sandbox (PROTOCOL.md §11).
+    ends), with auto_resume on it is data-plane traffic and wakes the sandbox (docs/protocol.md §11).
     Following again after the resume replays the whole output, which lives in the agent's memory."""
     name = f"fol-{_uid()}"
     sb = Sandbox.create(name=name, memory_mb=256, auto_resume=False, request_timeout=T)

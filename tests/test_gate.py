@@ -3,7 +3,7 @@
 One emulator of this module's own runs with TLE_API_KEY and TLE_ALLOWED_HOSTS set. The real SDK,
 given the key as `api_key=` (what TENSORLAKE_API_KEY sets), must work on every path it uses:
 lifecycle, proxy HTTP, the PTY WebSocket (websocket-client), a TCP tunnel, and the non-localhost
-routing of PROTOCOL.md §1.2 (real Host + X-Tensorlake-Sandbox-Id). Without the key, or with another
+routing of docs/protocol.md §1.2 (real Host + X-Tensorlake-Sandbox-Id). Without the key, or with another
 one, each port answers 401 in JSON, which the SDK raises as RemoteAPIError(401). Host and Origin
 checks are tried with raw httpx and websockets, as a web page's requests would arrive.
 """
@@ -249,7 +249,7 @@ async def test_websocket_from_a_foreign_page_is_refused(gated: EmulatorProcess, 
 @pytest.mark.skipif(ALIAS is None, reason="no name other than localhost resolves to loopback on this host")
 def test_sdk_through_an_allowed_non_local_name(gated: EmulatorProcess, sb: Sandbox) -> None:
     """As under compose: the proxy URL's host is not localhost, so the SDK sends `Host: <name>:<port>`
-    and X-Tensorlake-Sandbox-Id (PROTOCOL.md §1.2); TLE_ALLOWED_HOSTS lets that name in."""
+    and X-Tensorlake-Sandbox-Id (docs/protocol.md §1.2); TLE_ALLOWED_HOSTS lets that name in."""
     other = Sandbox.connect(sb.sandbox_id, proxy_url=f"http://{ALIAS}:{gated.proxy_port}", api_key=KEY,
                             api_url=gated.api_url, request_timeout=T)
     assert other.run("echo", ["via", str(ALIAS)]).stdout.strip() == f"via {ALIAS}"

@@ -1,4 +1,4 @@
-"""PTY sessions and TCP tunnels end to end: the real SDK against a real emulator (PROTOCOL.md §9, §10).
+"""PTY sessions and TCP tunnels end to end: the real SDK against a real emulator (docs/protocol.md §9, §10).
 
 The SDK speaks WebSockets to the proxy; the proxy relays each one into the sandbox's agent over its unix
 socket, and the agent makes a tunnel's TCP connection from inside the sandbox. So tunnels work in a

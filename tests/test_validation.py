@@ -104,7 +104,7 @@ def _uid() -> str:
 
 
 def _error(resp: httpx.Response, status: int) -> dict[str, Any]:
-    """The JSON error body the SDK reads (PROTOCOL.md §3.2), after checking its status."""
+    """The JSON error body the SDK reads (docs/protocol.md §3.2), after checking its status."""
     assert resp.status_code == status, (resp.status_code, resp.text[:300])
     assert resp.headers["content-type"].startswith("application/json"), resp.headers
     body = resp.json()

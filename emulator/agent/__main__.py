@@ -2,7 +2,7 @@
 """In-sandbox agent of the Tensorlake emulator.
 
 This program runs as PID 1 inside every sandbox container. It serves the sandbox data-plane HTTP API
-(``/api/v1/...``, PROTOCOL.md sections 5, 7 and 8) over HTTP/1.1 on a unix socket. The emulator's proxy on
+(``/api/v1/...``, docs/protocol.md sections 5, 7 and 8) over HTTP/1.1 on a unix socket. The emulator's proxy on
 the host forwards the SDK's requests verbatim to this socket and streams the answers back verbatim, so every
 response here is exactly what the SDK expects on the wire.
 
@@ -82,7 +82,7 @@ Behaviour notes
 
 PTY sessions and TCP tunnels
 ----------------------------
-The SDK speaks WebSockets for these (PROTOCOL.md sections 9 and 10); the proxy turns each WebSocket into one
+The SDK speaks WebSockets for these (docs/protocol.md sections 9 and 10); the proxy turns each WebSocket into one
 upgraded connection on this socket: the same ``GET`` path, query and headers plus ``Connection: Upgrade`` and
 ``Upgrade: tle-frames``. The agent validates, then answers ``101 Switching Protocols`` or an ordinary JSON
 error (which the proxy turns into the WebSocket's rejection with that status). After the 101 both sides send

@@ -1,4 +1,4 @@
-"""The one place where errors become HTTP answers: {"error": message, "code": CODE} (PROTOCOL.md §3.2, §13)."""
+"""The one place where errors become HTTP answers: {"error": message, "code": CODE} (docs/protocol.md §3.2, §13)."""
 
 from __future__ import annotations
 

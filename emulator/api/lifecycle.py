@@ -1,4 +1,4 @@
-"""Lifecycle API routes (PROTOCOL.md §4, §6). Parses wire shapes, calls the manager, serialises answers.
+"""Lifecycle API routes (docs/protocol.md §4, §6). Parses wire shapes, calls the manager, serialises answers.
 
 The same router is mounted twice: under /v1/namespaces/{namespace} (local mode) and at the root
 (flat paths, TENSORLAKE_SANDBOX_API_URL), where the namespace is "default".
@@ -77,7 +77,7 @@ def _wait_ms(request: Request) -> float | None:
 
 
 def _header_ms(request: Request, header: str) -> float:
-    """A millisecond header the SDK sends (PROTOCOL.md §3.1); a bad value is a 400, absent the SDK default."""
+    """A millisecond header the SDK sends (docs/protocol.md §3.1); a bad value is a 400, absent the SDK default."""
     ms = validation.milliseconds(request.headers.get(header), header, default=DEFAULT_REQUEST_TIMEOUT_MS,
                                  upper=DEFAULT_REQUEST_TIMEOUT_MS * 10)
     assert ms is not None
@@ -94,7 +94,7 @@ async def create_sandbox(request: Request) -> Response:
     session = validation.session_label(request.headers.get("x-tle-session"))
     if req.file_systems:
         raise NotSupported("Tensorlake Artifact Storage file systems have no local equivalent in this emulator")
-    # A blocking create (PROTOCOL.md §6.1) answers within the client's budget less its grace.
+    # A blocking create (docs/protocol.md §6.1) answers within the client's budget less its grace.
     blocking = req.wait is not False and request.headers.get("x-tensorlake-request-timeout-grace-ms") is not None
     budget_ms = (_header_ms(request, "x-tensorlake-request-timeout-ms")
                  - _header_ms(request, "x-tensorlake-request-timeout-grace-ms"))

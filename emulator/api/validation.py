@@ -4,7 +4,7 @@ Whatever a request stores is later served in SandboxInfo to every `Sandbox.list(
 and the SDK's Rust client rejects the whole list when one field does not fit its type. Its types,
 found by serving each value to the pinned SDK (tests/test_validation.py keeps that true):
 `exposed_ports` are u16, `timeout_secs`, `memory_mb` and `disk_mb` are i64, a GPU `count` is u32.
-Within those, the limits below are the service's rules (PROTOCOL.md §6.1, §15): ports 1..65535
+Within those, the limits below are the service's rules (docs/protocol.md §6.1, §15): ports 1..65535
 and not 9501, names that fit a DNS-ish label, Docker image references, finite positive CPUs.
 
 Every type here rejects NUL and unpaired surrogates in strings: neither can be stored as UTF-8 JSON,
@@ -26,7 +26,7 @@ I64_MAX = 2**63 - 1
 U32_MAX = 2**32 - 1
 # Seconds the emulator counts in milliseconds on a 64-bit clock: ~68 years is far past any real use.
 MAX_SECONDS = 2**31 - 1
-RESERVED_PORT = 9501  # the sandbox management port (PROTOCOL.md §1.1)
+RESERVED_PORT = 9501  # the sandbox management port (docs/protocol.md §1.1)
 MAX_ENTRYPOINT_ARGS = 1024
 # The entrypoint reaches the agent as one environment variable; Linux caps one at 128 KiB.
 MAX_ENTRYPOINT_BYTES = 64 * 1024

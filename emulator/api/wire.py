@@ -1,4 +1,4 @@
-"""Pydantic models of every lifecycle wire shape (PROTOCOL.md §6, §16), field for field."""
+"""Pydantic models of every lifecycle wire shape (docs/protocol.md §6, §16), field for field."""
 
 from __future__ import annotations
 

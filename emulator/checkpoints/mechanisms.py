@@ -3,7 +3,7 @@ order; a mechanism only moves memory to and from a folder.
 
 `docker`: Docker's own checkpoint API (dockerd --experimental, CRIU under runc). Correct and
 portable, but containerd packs every dump into its content store and unpacks it again on restore,
-which costs about 20 ms per MB of sandbox memory each way (see HOST.md).
+which costs about 20 ms per MB of sandbox memory each way (see docs/host.md).
 `runc` (the default where it works): runc's own checkpoint for dumps, Docker's API for restores
 with the memory pages linked rather than uploaded (see RuncMechanism).
 """
@@ -148,7 +148,7 @@ class RuncMechanism(DockerMechanism):
     """`runc`: dumps with runc directly on Docker's own container state, into the emulator's data
     folder; restores through Docker's API with the memory pages *linked*, not uploaded.
 
-    Why it is fast (HOST.md has the baseline): Docker uploads the checkpoint folder into
+    Why it is fast (docs/host.md has the baseline): Docker uploads the checkpoint folder into
     containerd's content store as a tar and containerd unpacks it again before `runc restore`,
     about 20 ms per MB each way. Here the folder handed to Docker holds copies of the small CRIU
     images and, for each `pages-*.img`, a relative symbolic link that climbs to `/` and down to the

@@ -1,6 +1,6 @@
 """Start-up reconciliation: every live record is brought to a state that is true of its container.
 
-Design: docs/protocol.md §11 and DESIGN.md "start-up". A transition cut off by a stop or a crash
+Design: docs/protocol.md §11 and docs/protocol.md §11. A transition cut off by a stop or a crash
 ends where the container says it is; containers with our label and no live record are removed;
 run folders of sandboxes that are gone are removed.
 """

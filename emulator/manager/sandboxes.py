@@ -223,7 +223,7 @@ class SandboxManager:
 
     async def suspend(self, rec: SandboxRecord, wait: float | None) -> bool:
         """Start a suspend and wait up to `wait` s; True once suspended. A suspend that ended without
-        suspending raises InvalidState with the cause (docs/protocol.md §6.4)."""
+        suspending raises InvalidState with the cause (docs/protocol.md §6.5)."""
         started = await suspension.start_suspend(self._ctx, rec)
         return await self._settle(rec, "suspend", S.suspended, started, wait)
 

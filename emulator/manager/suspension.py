@@ -1,4 +1,4 @@
-"""Suspend, resume and snapshots of one sandbox (docs/protocol.md §6.4-§6.6, the SDK's `suspend`,
+"""Suspend, resume and snapshots of one sandbox (docs/protocol.md §6.5-§6.6, the SDK's `suspend`,
 `resume`, `checkpoint`): the state moves here, the dumps in the checkpoint engine."""
 
 from __future__ import annotations

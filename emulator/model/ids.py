@@ -1,4 +1,4 @@
-"""Identifier and name rules (PROTOCOL.md §1.3): ids are DNS labels that never look like names."""
+"""Identifier and name rules (docs/protocol.md §1.3): ids are DNS labels that never look like names."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The sandbox proxy (:9443): routes each data-plane request to its sandbox's agent (PROTOCOL.md §1.2).
+"""The sandbox proxy (:9443): routes each data-plane request to its sandbox's agent (docs/protocol.md §1.2).
 
 A raw ASGI app rather than a framework: request and response bodies are streamed chunk by chunk
 in both directions, so a 50 MB upload or an endless follow stream never sits in memory.

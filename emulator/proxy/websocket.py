@@ -1,4 +1,4 @@
-"""WebSocket upgrades of the sandbox proxy: PTY sessions and TCP tunnels (PROTOCOL.md §9, §10).
+"""WebSocket upgrades of the sandbox proxy: PTY sessions and TCP tunnels (docs/protocol.md §9, §10).
 
 The proxy holds no PTY or tunnel logic. It accepts the SDK's WebSocket and opens an upgraded
 connection to the sandbox's agent on its unix socket (`Connection: Upgrade`, `Upgrade: tle-frames`,

@@ -1,7 +1,7 @@
 """Tests of the in-sandbox agent (the emulator/agent package), run as a real subprocess on the host.
 
 The agent serves HTTP/1.1 on a unix socket; these tests talk to it with httpx over that socket, checking the
-exact wire shapes of PROTOCOL.md sections 5, 7 and 8. One test also drives the real tensorlake SDK at it
+exact wire shapes of docs/protocol.md sections 5, 7 and 8. One test also drives the real tensorlake SDK at it
 through a tiny TCP-to-unix-socket forwarder (skipped when the SDK is not installed).
 """
 

@@ -2,7 +2,7 @@
 
 Only loopback traffic is allowed here, so the run adds docker/compose.loopback.yml (host network, `emulator`
 resolving to 127.0.0.1): the SDK still sees a non-local host and takes the TENSORLAKE_SANDBOX_API_URL path of
-PROTOCOL.md section 2. Where the host cannot start privileged containers, docker/compose.unprivileged.yml is
+docs/protocol.md section 2. Where the host cannot start privileged containers, docker/compose.unprivileged.yml is
 added too. Skipped when neither `docker compose` nor `docker-compose` is installed, or when the image is not
 built and docker/wheels (docker/fetch-wheels.sh) is empty.
 """

@@ -55,7 +55,7 @@ def test_emulator_env_local_and_remote_shapes() -> None:
     assert emulator_env("http://localhost:8900") == {"TENSORLAKE_API_URL": "http://localhost:8900"}
     assert emulator_env("http://127.0.0.1:8900", "team-a") == {"TENSORLAKE_API_URL": "http://127.0.0.1:8900",
                                                                "INDEXIFY_NAMESPACE": "team-a"}
-    # Any other host is not "local mode" for the SDK: it needs the flat lifecycle paths (PROTOCOL.md §2).
+    # Any other host is not "local mode" for the SDK: it needs the flat lifecycle paths (docs/protocol.md §2).
     assert emulator_env("http://emulator:8900") == {"TENSORLAKE_API_URL": "http://emulator:8900",
                                                     "TENSORLAKE_SANDBOX_API_URL": "http://emulator:8900"}
 
