@@ -200,10 +200,10 @@ def reap(rec: SessionRecord, progress: Progress | None = None) -> None:
         api_ok = _delete_through_api(rec, say)
     if rec.mode != "reused" or not api_ok:
         # Our own emulator is stopped, or the reused one does not answer: remove by label directly.
-        from sdk_shim.docker_sweep import session_selector, sweep_sync
+        from sdk_shim.docker_sweep import session_selector, sweep
 
         try:
-            n_c, n_i = sweep_sync(*session_selector(rec.label), host=rec.docker_host, progress=say)
+            n_c, n_i = sweep(*session_selector(rec.label), host=rec.docker_host, progress=say)
             if n_c or n_i:
                 say(f"[tensorlake-emulator] removed {n_c} container(s) and {n_i} image(s) of session {rec.label}")
         except Exception as exc:  # Docker unreachable from here (e.g. a CI container): say so, go on
