@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,12 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
+    """True when an emulator's lifecycle API at api_url answers /healthz with 200 within timeout seconds."""
+    import httpx
+
     try:
-        with urllib.request.urlopen(f"{api_url}/healthz", timeout=timeout) as r:
-            return r.status == 200
-    except OSError:
+        return httpx.get(f"{api_url}/healthz", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
         return False
 
 

@@ -28,15 +28,13 @@ import signal
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdk_shim.launcher import process_start_time
+from sdk_shim.launcher import api_healthy, process_start_time
 
 log = logging.getLogger("tensorlake_emulator")
 Progress = Callable[[str], None]
@@ -239,24 +237,24 @@ def _is_zombie(pid: int) -> bool:
 
 def _delete_through_api(rec: SessionRecord, say: Progress) -> bool:
     """Delete the session's snapshots, then its sandboxes, through the emulator. False when it does not answer."""
+    import httpx
+
     base = rec.api_url.rstrip("/")
-    try:
-        with urllib.request.urlopen(f"{base}/healthz", timeout=3):
-            pass
-    except OSError:
+    if not api_healthy(base, 3.0):
         say(f"[tensorlake-emulator] the emulator at {base} does not answer; removing by label instead")
         return False
     items = [("snapshots", ns, i) for ns, i in rec.snapshots] + [("sandboxes", ns, i) for ns, i in rec.sandboxes]
-    for kind, ns, ident in items:
-        req = urllib.request.Request(f"{base}/v1/namespaces/{ns}/{kind}/{ident}", method="DELETE")
-        try:
-            with urllib.request.urlopen(req, timeout=60):
+    with httpx.Client(base_url=base, timeout=60) as http:
+        for kind, ns, ident in items:
+            try:
+                r = http.delete(f"/v1/namespaces/{ns}/{kind}/{ident}")
+            except httpx.HTTPError as exc:
+                say(f"[tensorlake-emulator] could not delete {kind[:-1]} {ident}: {exc}")
+                continue
+            if r.is_success:
                 say(f"[tensorlake-emulator] deleted {kind[:-1]} {ident}")
-        except urllib.error.HTTPError as exc:
-            if exc.code != 404:
-                say(f"[tensorlake-emulator] could not delete {kind[:-1]} {ident}: HTTP {exc.code}")
-        except OSError as exc:
-            say(f"[tensorlake-emulator] could not delete {kind[:-1]} {ident}: {exc}")
+            elif r.status_code != 404:
+                say(f"[tensorlake-emulator] could not delete {kind[:-1]} {ident}: HTTP {r.status_code}")
     return True
 
 
