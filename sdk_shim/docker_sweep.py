@@ -51,6 +51,18 @@ def client(host: str | None = None, timeout: int = DOCKER_TIMEOUT_S) -> DockerCl
 
 
 def _short(exc: BaseException) -> str:
+    """The root cause in a few words: docker-py wraps the socket's OSError in two layers of requests errors."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        for arg in getattr(seen, "args", ()):
+            if isinstance(arg, OSError) and arg.strerror:
+                return arg.strerror
+            nested = getattr(arg, "args", ())
+            if any(isinstance(a, OSError) and a.strerror for a in nested):
+                return next(a.strerror for a in nested if isinstance(a, OSError) and a.strerror)
+        seen = seen.__cause__ or seen.__context__
     text = str(exc).strip().splitlines()
     return text[-1][:200] if text else type(exc).__name__
 

@@ -194,8 +194,11 @@ def _start_own(config: pytest.Config) -> _Open:
     plan = config.stash[_PLAN]
     try:  # milliseconds, before a start-up that takes seconds
         docker_sweep.client(timeout=10).close()
+        unreachable = None
     except docker_sweep.DockerUnreachable as exc:
-        pytest.fail(f"tensorlake-emulator: {exc}", pytrace=False)
+        unreachable = str(exc)
+    if unreachable:  # failed outside the except block, so pytest shows no chained traceback
+        pytest.fail(f"tensorlake-emulator: {unreachable}", pytrace=False)
     session = _new_session(config)
     data_dir = Path(tempfile.mkdtemp(prefix=f"tle-pytest-{plan.worker or 'main'}-"))
     (data_dir / sessions.DATA_DIR_MARKER).write_text(session.label + "\n")
@@ -208,13 +211,13 @@ def _start_own(config: pytest.Config) -> _Open:
     session.update(emulator_pid=proc.pid, emulator_start=process_start_time(proc.pid or 0))
     try:
         proc.wait_ready()
+        return opened
     except RuntimeError:
+        last = proc.log_tail(1).strip() or "(empty log)"  # before _close removes the data folder
         opened.failed = True
         _close(config, opened)
-        last = proc.log_tail(1).strip() or "(empty log)"
-        pytest.fail(f"tensorlake-emulator: the session's emulator did not start: {last} "
-                    f"(full log: {config.stash.get(_KEPT_LOG, '?')})", pytrace=False)
-    return opened
+    pytest.fail(f"tensorlake-emulator: the session's emulator did not start: {last} "
+                f"(full log: {config.stash.get(_KEPT_LOG, '?')})", pytrace=False)
 
 
 def _close(config: pytest.Config, opened: _Open) -> None:
@@ -278,7 +281,7 @@ def _create_kwargs(emu: TensorlakeEmulator, request: pytest.FixtureRequest) -> d
 
 @pytest.fixture
 def tensorlake_sandbox(tensorlake_emulator: TensorlakeEmulator, request: pytest.FixtureRequest) -> Iterator[Any]:
-    from tensorlake.sandbox import Sandbox
+    from tensorlake.sandbox import Sandbox  # type: ignore[import-untyped]
 
     sandbox = Sandbox.create(**_create_kwargs(tensorlake_emulator, request))
     try:
@@ -294,7 +297,7 @@ def tensorlake_sandbox(tensorlake_emulator: TensorlakeEmulator, request: pytest.
 
 async def _async_sandbox(tensorlake_emulator: TensorlakeEmulator, request: pytest.FixtureRequest
                          ) -> AsyncIterator[Any]:
-    from tensorlake.sandbox import AsyncSandbox
+    from tensorlake.sandbox import AsyncSandbox  # type: ignore[import-untyped]
 
     sandbox = await AsyncSandbox.create(**_create_kwargs(tensorlake_emulator, request))
     try:
