@@ -174,6 +174,7 @@ def _new_session(config: pytest.Config) -> Any:
 def _open_reuse(config: pytest.Config, target: str) -> _Open:
     """Open the session on a running emulator: record it, start the labelling forwarder on the plan's port."""
     from sdk_shim.forwarder import Forwarder
+    from sdk_shim.names import SessionNames
 
     session = _new_session(config)
 
@@ -181,7 +182,8 @@ def _open_reuse(config: pytest.Config, target: str) -> _Open:
         (session.add_sandbox if kind == "sandbox" else session.add_snapshot)(ns, ident)
 
     session.update(mode="reused", api_url=target, docker_host=os.environ.get("TLE_DOCKER_HOST"))
-    forwarder = Forwarder(target, session.label, config.stash[_PLAN].api_port, record).start()
+    names = SessionNames(session.label.rsplit("-", 1)[-1])  # reused: sessions share the emulator's name space
+    forwarder = Forwarder(target, session.label, config.stash[_PLAN].api_port, record, names).start()
     opened = _Open(session=session, forwarder=forwarder, target=target)
     config.stash[_REUSE] = opened
     return opened

@@ -132,3 +132,44 @@ def test_needs_emulator(occupy_the_planned_port, tensorlake_emulator):
     assert kept.exists() and "already in use" in kept.read_text()
     assert "log is kept at" in res.stdout
     assert inner.records() == [] and list(inner.tmp.iterdir()) == []
+
+
+NAMES_TEST = COMMON + '''
+from tensorlake.sandbox import Sandbox
+
+
+def test_named(tensorlake_emulator):
+    me = os.environ["SHIM_ME"]
+    sbx = Sandbox.create(name="shared-db", request_timeout=60)
+    info = Sandbox.connect("shared-db", request_timeout=60)  # by the name this session chose
+    assert info.sandbox_id == sbx.sandbox_id
+    with __import__("urllib.request").request.urlopen(
+            f"{tensorlake_emulator.api_url}/v1/namespaces/default/sandboxes/shared-db", timeout=10) as r:
+        assert json.load(r)["name"] == "shared-db"
+    write(f"{me}.json", sandbox=sbx.sandbox_id, label=tensorlake_emulator.session_label)
+    other = OUT / ("b.json" if me == "a" else "a.json")
+    deadline = time.monotonic() + 120
+    while not other.exists() and time.monotonic() < deadline:  # both sessions hold the name at once
+        time.sleep(0.2)
+    assert other.exists()
+'''
+
+
+def test_reusing_sessions_do_not_collide_on_names(inner: Inner, own_emulator: EmulatorProcess) -> None:
+    import subprocess
+
+    inner.extra_env["TLE_EMULATOR_URL"] = own_emulator.api_url
+    inner.write(NAMES_TEST)
+    procs = []
+    for me in ("a", "b"):
+        env = inner.env() | {"SHIM_ME": me}
+        procs.append(subprocess.Popen(inner.cmd(), cwd=inner.root, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
+    rows = [json.loads((inner.out / f"{me}.json").read_text()) for me in ("a", "b")]
+    assert rows[0]["sandbox"] != rows[1]["sandbox"]
+    listed = httpx.get(f"{own_emulator.api_url}/v1/namespaces/default/sandboxes").json()["sandboxes"]
+    stored = {s["name"] for s in listed if s["id"] in {r["sandbox"] for r in rows}}
+    assert len(stored) == 2 and all(n.startswith("shared-db__") for n in stored), stored
+    assert inner.records() == []
