@@ -30,7 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the lifecycle API and the sandbox proxy (default)",
                        epilog=env_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setup", action="store_true", help="run the idempotent host set-up first")
-    sub.add_parser("setup", help="install and start what the host lacks (Docker, CRIU, image, venv)")
+    sub.add_parser("setup", help="install and start what the host lacks (Docker engine, CRIU, default image)")
+    p = sub.add_parser("start", help="start an emulator in the background (log in <data dir>/emulator.log)",
+                       epilog=env_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to answer [default: 60]")
+    p = sub.add_parser("stop", help="stop the emulator serving TLE_DATA_DIR")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to stop [default: 60]")
+    p = sub.add_parser("logs", help="print the background emulator's log")
+    p.add_argument("-n", "--lines", type=int, default=50, help="how many last lines (0: all) [default: 50]")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing what is appended")
 
     p = sub.add_parser("status", help="Docker engine, CRIU, images, sandboxes, and the emulator if one answers",
                        epilog=CLIENT_ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,11 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse argv (default sys.argv) and exit with the command's status."""
-    from emulator.cli import cleanup, inspect, serve
+    from emulator.cli import background, cleanup, inspect, serve
 
     args = build_parser().parse_args(argv)
     if args.command is None:
         args.command, args.setup = "serve", False
-    commands = {"serve": serve.serve, "setup": lambda _a: serve.setup(), "status": inspect.status,
+    commands = {"serve": serve.serve, "setup": lambda _a: serve.setup(), "start": background.start,
+                "stop": background.stop, "logs": background.logs, "status": inspect.status,
                 "list": inspect.list_, "cleanup": cleanup.cleanup}
     sys.exit(commands[args.command](args))

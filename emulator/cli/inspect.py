@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 from docker.errors import APIError, ImageNotFound
 
+from emulator import datalock
 from emulator.cli.common import answers, emulator_url, fail, get_json, http_reason, instance_of, say
 from emulator.config import Settings
 from emulator.labels import LABEL_INSTANCE, LABEL_SESSION, SNAPSHOT_REPO
@@ -98,6 +99,9 @@ def status(args: argparse.Namespace) -> int:
     engine_ok = _docker_status(settings, instance)
     say("checking CRIU (criu check can take a few seconds) ...")
     say(f"criu             {criu_line()[1]}")
+    owner = datalock.owner(data_dir)
+    served = f"served by pid {owner.pid} at {owner.api_url}" if owner else "not in use"
+    say(f"this data dir    {served}; log {data_dir / 'emulator.log'}")
     url = emulator_url(args)
     try:
         if not answers(url, 3):
