@@ -103,6 +103,7 @@ class DataDirLock:
         with contextlib.suppress(OSError):
             self._pointer.parent.mkdir(parents=True, exist_ok=True)
             self._pointer.write_text(json.dumps(info))
+            _prune_pointers(self._pointer)
         return self
 
     def release(self) -> None:
@@ -112,3 +113,12 @@ class DataDirLock:
             self._pointer.unlink()
         self._file.close()
         self._file = None
+
+
+def _prune_pointers(keep: Path) -> None:
+    """Drop the pointers of emulators that died without releasing (SIGKILL): their folders' locks are free."""
+    for path in keep.parent.glob("*.json"):
+        info = _read(path)
+        if path != keep and (not info.get("data_dir") or owner(Path(info["data_dir"])) is None):
+            with contextlib.suppress(OSError):
+                path.unlink()
