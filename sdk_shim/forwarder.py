@@ -8,6 +8,10 @@ when Docker is out of reach (a CI job talking to `http://emulator:8900`).
 
 Only the lifecycle API goes through here; the data plane goes straight to the `sandbox_url` the
 emulator advertises. Lifecycle answers are small JSON bodies, so each one is read whole.
+
+Kept on the standard library (http.server, http.client) rather than an ASGI app plus httpx: it runs
+in a thread of the test process, which may itself run an event loop, and must start in milliseconds.
+Its one hand-written piece is the chunked request-body reader below (the SDK sends Content-Length).
 """
 
 from __future__ import annotations

@@ -39,7 +39,11 @@ def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
 
 
 def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of pid (clock ticks since boot), to tell a process from a later one reusing its pid."""
+    """The kernel's start time of pid (clock ticks since boot), to tell a process from a later one reusing its pid.
+
+    Read from /proc by hand rather than with psutil: Linux is the only host the emulator runs on, and psutil
+    would be a compiled dependency for one field.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -129,6 +133,8 @@ class EmulatorProcess:
 
     def wait_ready(self, timeout: float = 60.0) -> EmulatorProcess:
         assert self.proc is not None, "spawn() first"
+        # A plain poll loop, not a retry library (tenacity, backoff): one fixed-interval deadline, which must also
+        # notice the child exiting, is shorter written out than configured, and adds no dependency.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
