@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import signal
 from pathlib import Path
@@ -20,16 +19,12 @@ from emulator.checkpoints.probe import CriuProbe
 from emulator.config import Settings
 from emulator.gate import Gate, GatePolicy
 from emulator.http_protocols import JsonErrorsH11Protocol, JsonErrorsWebSocketProtocol
+from emulator.labels import instance_label
 from emulator.manager.sandboxes import SandboxManager
 from emulator.proxy.app import ProxyApp
 from emulator.store.sqlite import Store
 
 log = logging.getLogger("emulator")
-
-
-def instance_label(data_dir: Path) -> str:
-    """Containers are labelled with their emulator's data folder, so two emulators never reap each other's."""
-    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
 
 
 class _Server(uvicorn.Server):

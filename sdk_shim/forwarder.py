@@ -8,6 +8,10 @@ when Docker is out of reach (a CI job talking to `http://emulator:8900`).
 
 Only the lifecycle API goes through here; the data plane goes straight to the `sandbox_url` the
 emulator advertises. Lifecycle answers are small JSON bodies, so each one is read whole.
+
+Kept on the standard library (http.server, http.client) rather than an ASGI app plus httpx: it runs
+in a thread of the test process, which may itself run an event loop, and must start in milliseconds.
+Its one hand-written piece is the chunked request-body reader below (the SDK sends Content-Length).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
+from sdk_shim.names import SessionNames
+
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host",
         "content-length"}
 _CREATE = re.compile(r"^(?:/v1/namespaces/(?P<ns>[^/]+))?/sandboxes/?(?:\?.*)?$")
@@ -29,7 +35,8 @@ Recorder = Callable[[str, str, str], None]  # (kind "sandbox"|"snapshot", namesp
 
 
 class Forwarder:
-    def __init__(self, target: str, label: str, port: int, record: Recorder | None = None) -> None:
+    def __init__(self, target: str, label: str, port: int, record: Recorder | None = None,
+                 names: SessionNames | None = None) -> None:
         parsed = urlparse(target)
         if parsed.scheme != "http" or not parsed.hostname:
             raise ValueError(f"the emulator URL must be http://host:port, got {target!r}")
@@ -37,6 +44,7 @@ class Forwarder:
         self.target_port = parsed.port or 80
         self.label = label
         self.record = record or (lambda *_: None)
+        self.names = names
         self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="tle-forwarder", daemon=True)
@@ -78,6 +86,10 @@ class Forwarder:
 
             def _forward(self) -> None:
                 body = self._body()
+                path = self.path
+                if fwd.names is not None:
+                    body = fwd.names.request_body(self.command, body)
+                    path = fwd.names.request_path(path)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 headers["X-TLE-Session"] = fwd.label
                 if body or self.command in ("POST", "PUT", "PATCH"):
@@ -88,7 +100,7 @@ class Forwarder:
                     budget = 300.0
                 conn = http.client.HTTPConnection(fwd.target_host, fwd.target_port, timeout=budget + 30)
                 try:
-                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    conn.request(self.command, path, body=body or None, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
                 except OSError as exc:
@@ -99,6 +111,8 @@ class Forwarder:
                     conn.close()
                 if self.command == "POST" and 200 <= resp.status < 300:
                     self._note(data)
+                if fwd.names is not None and "json" in (resp.getheader("content-type") or ""):
+                    data = fwd.names.response_body(data)
                 self._reply(resp.status, [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP], data)
 
             def _note(self, data: bytes) -> None:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +29,21 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
+    """True when an emulator's lifecycle API at api_url answers /healthz with 200 within timeout seconds."""
+    import httpx
+
     try:
-        with urllib.request.urlopen(f"{api_url}/healthz", timeout=timeout) as r:
-            return r.status == 200
-    except OSError:
+        return httpx.get(f"{api_url}/healthz", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
         return False
 
 
 def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of pid (clock ticks since boot), to tell a process from a later one reusing its pid."""
+    """The kernel's start time of pid (clock ticks since boot), to tell a process from a later one reusing its pid.
+
+    Read from /proc by hand rather than with psutil: Linux is the only host the emulator runs on, and psutil
+    would be a compiled dependency for one field.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -128,6 +133,8 @@ class EmulatorProcess:
 
     def wait_ready(self, timeout: float = 60.0) -> EmulatorProcess:
         assert self.proc is not None, "spawn() first"
+        # A plain poll loop, not a retry library (tenacity, backoff): one fixed-interval deadline, which must also
+        # notice the child exiting, is shorter written out than configured, and adds no dependency.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -3,9 +3,11 @@
 Installed with the project (entry point `pytest11`), so there is nothing to register. Fixtures:
 
 - `tensorlake_emulator` (session): an emulator for this test session. It reuses the one at
-  `TLE_EMULATOR_URL` (or `--tensorlake-emulator-url`) when that answers `/healthz`; otherwise it starts
-  one as a subprocess on free ports with its own data folder. Every sandbox and snapshot the session
-  makes carries the session's label, and all of them are removed when the session ends.
+  `TLE_EMULATOR_URL` (or `--tensorlake-emulator-url`, or an exported `TENSORLAKE_API_URL`) when that
+  answers `/healthz`; otherwise it starts one as a subprocess on free ports with its own data folder.
+  Every sandbox and snapshot the session makes carries the session's label, and all of them are
+  removed when the session ends. When the session failed, the started emulator's log is kept (the
+  terminal summary says where).
 - `tensorlake_sandbox` (function): a running `tensorlake.sandbox.Sandbox`, always terminated afterwards.
 - `async_tensorlake_sandbox` (function): the same as an `AsyncSandbox` (needs pytest-asyncio).
 
@@ -15,9 +17,11 @@ sandbox fixtures' `create`.
 The plugin is inert until one of its fixtures is requested: nothing starts, nothing is swept. The one
 thing it does up front, in `pytest_configure`, is aim the SDK's environment (`TENSORLAKE_API_URL`,
 read once when `tensorlake` is imported) at the port the session's emulator will use, so code under
-test that calls `Sandbox.create()` without `api_url=` reaches it too. It leaves a `TENSORLAKE_API_URL`
-that was set by someone else alone; `-p no:tensorlake_emulator` or the ini option
-`tensorlake_emulator_env = false` turn that off.
+test that calls `Sandbox.create()` without `api_url=` reaches it too. A `TENSORLAKE_API_URL` the user
+exported is kept when nothing answers there; when an emulator answers, the session reuses it and
+aims the SDK at its labelling forwarder (started at once), so fixtures and the code under test reach
+the same emulator and the session's cleanup covers both. `-p no:tensorlake_emulator` or the ini
+option `tensorlake_emulator_env = false` turn that off.
 
 Killed sessions: each session holds a lock on a small record under the sessions folder
 (`TLE_SESSIONS_DIR`, default `~/.local/state/tensorlake-emulator/sessions`); the next session that
@@ -31,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -45,7 +50,12 @@ log = logging.getLogger("tensorlake_emulator")
 
 # The SDK URL this plugin set, so an xdist worker can tell it from one a user chose (and re-aim it).
 _MARK = "TLE_PYTEST_SDK_URL"
+# The running emulator a user's exported TENSORLAKE_API_URL named, handed to xdist workers.
+_TARGET = "TLE_PYTEST_TARGET"
 _PLAN = pytest.StashKey["_Plan"]()
+_REUSE = pytest.StashKey["_Open | None"]()
+_FAILED = pytest.StashKey[bool]()
+_KEPT_LOG = pytest.StashKey[str]()
 
 
 @dataclass
@@ -53,6 +63,17 @@ class _Plan:
     api_port: int
     proxy_port: int
     worker: str | None
+
+
+@dataclass
+class _Open:
+    """The test session's hold on an emulator: its record, and the forwarder or the subprocess it runs."""
+
+    session: Any  # sessions.Session (imported lazily: the plugin stays cheap until a fixture is used)
+    target: str
+    forwarder: Any = None  # forwarder.Forwarder in reuse mode
+    process: EmulatorProcess | None = None
+    failed: bool = False
 
 
 @dataclass
@@ -87,11 +108,16 @@ class TensorlakeEmulator:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("tensorlake_emulator", "tensorlake emulator")
     group.addoption("--tensorlake-emulator-url", default=None,
-                    help="reuse the emulator at this URL when it answers (default: env TLE_EMULATOR_URL)")
+                    help="reuse the emulator at this URL when it answers (default: env TLE_EMULATOR_URL, else an "
+                         "exported TENSORLAKE_API_URL that answers)")
     parser.addini("tensorlake_emulator_env", type="bool", default=True,
                   help="aim TENSORLAKE_API_URL at the session's emulator in pytest_configure (default true)")
     parser.addini("tensorlake_emulator_request_timeout", default="60",
                   help="request_timeout (s) the sandbox fixtures pass to the SDK (default 60)")
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return not os.environ.get("PYTEST_XDIST_WORKER") and bool(getattr(config.option, "numprocesses", None))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -103,15 +129,30 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     current = os.environ.get("TENSORLAKE_API_URL")
     if current and current != os.environ.get(_MARK):
-        return  # chosen by the user or a conftest: theirs to keep
+        # Exported by the user (`./run start` says to): when an emulator answers there, the session reuses it
+        # through its forwarder, so fixtures and the code under test reach the same emulator and everything
+        # both create carries the session's label. Anything else is theirs to keep.
+        if _target_url(config) or not api_healthy(current.rstrip("/"), 3.0):
+            return
+        os.environ[_TARGET] = current.rstrip("/")  # read by xdist workers too, which inherit the environment
     url = f"http://localhost:{plan.api_port}"
     os.environ["TENSORLAKE_API_URL"] = url
     os.environ[_MARK] = url
     os.environ.pop("TENSORLAKE_SANDBOX_API_URL", None)  # flat paths would bypass the localhost URL above
+    if os.environ.get(_TARGET) and not _is_xdist_controller(config):
+        # The code under test may call the SDK without any fixture: the forwarder must answer from the start.
+        _open_reuse(config, os.environ[_TARGET])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    reuse = config.stash.get(_REUSE, None)
+    if reuse is not None:
+        _close(config, reuse)
 
 
 def _target_url(config: pytest.Config) -> str | None:
-    return config.getoption("--tensorlake-emulator-url") or os.environ.get("TLE_EMULATOR_URL") or None
+    raw = config.getoption("--tensorlake-emulator-url") or os.environ.get("TLE_EMULATOR_URL") or None
+    return raw.rstrip("/") if raw else None
 
 
 def _warn(msg: str) -> None:
@@ -122,56 +163,117 @@ def _info(msg: str) -> None:
     log.info("%s", msg)
 
 
-@pytest.fixture(scope="session")
-def tensorlake_emulator(request: pytest.FixtureRequest) -> Iterator[TensorlakeEmulator]:
+def _new_session(config: pytest.Config) -> Any:
     from sdk_shim import sessions
 
-    config = request.config
-    plan = config.stash[_PLAN]
     with contextlib.suppress(Exception):  # a failed reap must not fail the new session
         sessions.reap_dead_sessions(progress=_warn)
-    session = sessions.Session(sessions.new_label(plan.worker))
+    return sessions.Session(sessions.new_label(config.stash[_PLAN].worker))
+
+
+def _open_reuse(config: pytest.Config, target: str) -> _Open:
+    """Open the session on a running emulator: record it, start the labelling forwarder on the plan's port."""
+    from sdk_shim.forwarder import Forwarder
+    from sdk_shim.names import SessionNames
+
+    session = _new_session(config)
+
+    def record(kind: str, ns: str, ident: str) -> None:
+        (session.add_sandbox if kind == "sandbox" else session.add_snapshot)(ns, ident)
+
+    session.update(mode="reused", api_url=target, docker_host=os.environ.get("TLE_DOCKER_HOST"))
+    names = SessionNames(session.label.rsplit("-", 1)[-1])  # reused: sessions share the emulator's name space
+    forwarder = Forwarder(target, session.label, config.stash[_PLAN].api_port, record, names).start()
+    opened = _Open(session=session, forwarder=forwarder, target=target)
+    config.stash[_REUSE] = opened
+    return opened
+
+
+def _start_own(config: pytest.Config) -> _Open:
+    """Open the session on an emulator of its own (a subprocess on the plan's ports); one-line failures."""
+    from sdk_shim import docker_sweep, sessions
+
+    plan = config.stash[_PLAN]
+    try:  # milliseconds, before a start-up that takes seconds
+        docker_sweep.client(timeout=10).close()
+        unreachable = None
+    except docker_sweep.DockerUnreachable as exc:
+        unreachable = str(exc)
+    if unreachable:  # failed outside the except block, so pytest shows no chained traceback
+        pytest.fail(f"tensorlake-emulator: {unreachable}", pytrace=False)
+    session = _new_session(config)
+    data_dir = Path(tempfile.mkdtemp(prefix=f"tle-pytest-{plan.worker or 'main'}-"))
+    (data_dir / sessions.DATA_DIR_MARKER).write_text(session.label + "\n")
+    proc = EmulatorProcess(data_dir=data_dir, api_port=plan.api_port, proxy_port=plan.proxy_port,
+                           session_label=session.label, die_with_parent=True)
+    session.update(mode="started", api_url=proc.api_url, data_dir=str(data_dir),
+                   docker_host=os.environ.get("TLE_DOCKER_HOST"))
+    opened = _Open(session=session, process=proc, target=proc.api_url)
+    proc.spawn()  # recorded before the wait, so a session killed during start-up is reaped fully
+    session.update(emulator_pid=proc.pid, emulator_start=process_start_time(proc.pid or 0))
+    try:
+        proc.wait_ready()
+        return opened
+    except RuntimeError:
+        last = proc.log_tail(1).strip() or "(empty log)"  # before _close removes the data folder
+        opened.failed = True
+        _close(config, opened)
+    pytest.fail(f"tensorlake-emulator: the session's emulator did not start: {last} "
+                f"(full log: {config.stash.get(_KEPT_LOG, '?')})", pytrace=False)
+
+
+def _close(config: pytest.Config, opened: _Open) -> None:
+    """Stop what the session started, keep the emulator's log if the session failed, remove everything else."""
+    from sdk_shim import sessions
+
+    if opened.forwarder is not None:
+        opened.forwarder.stop()
+    if opened.process is not None:
+        opened.process.stop()
+        failed = opened.failed or config.stash.get(_FAILED, False)
+        if failed and opened.process.log_path and opened.process.log_path.exists():
+            kept = sessions.sessions_dir().parent / "logs" / f"{opened.session.label}.log"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(opened.process.log_path, kept)
+            config.stash[_KEPT_LOG] = str(kept)
+    # Everything the session made goes: terminate what is left, delete its snapshots, remove its folder.
+    sessions.reap(opened.session.record, progress=_info)
+    opened.session.close()
+    config.stash[_REUSE] = None
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    kept = config.stash.get(_KEPT_LOG, None)
+    if kept:
+        terminalreporter.write_line(f"tensorlake-emulator: the session failed; its emulator's log is kept at {kept}")
+
+
+@pytest.fixture(scope="session")
+def tensorlake_emulator(request: pytest.FixtureRequest) -> Iterator[TensorlakeEmulator]:
+    config = request.config
     namespace = os.environ.get("INDEXIFY_NAMESPACE") or "default"
     timeout = float(config.getini("tensorlake_emulator_request_timeout"))
-    target = _target_url(config)
-    forwarder = None
-    proc: EmulatorProcess | None = None
+    opened = config.stash.get(_REUSE, None)
+    target = _target_url(config) or os.environ.get(_TARGET)
+    if opened is None and target and api_healthy(target, 3.0):
+        opened = _open_reuse(config, target)
+    elif opened is None and target:
+        _warn(f"[tensorlake-emulator] nothing answers at {target}; starting an emulator for this session")
+    if opened is not None:
+        assert opened.forwarder is not None
+        yield TensorlakeEmulator(api_url=opened.forwarder.url, session_label=opened.session.label,
+                                 namespace=namespace, mode="reused", target_url=opened.target, request_timeout=timeout)
+        return  # closed in pytest_unconfigure: code under test may use the forwarder until the very end
+    opened = _start_own(config)
+    proc = opened.process
+    assert proc is not None
     try:
-        if target and api_healthy(target.rstrip("/"), 3.0):
-            from sdk_shim.forwarder import Forwarder
-
-            def record(kind: str, ns: str, ident: str) -> None:
-                (session.add_sandbox if kind == "sandbox" else session.add_snapshot)(ns, ident)
-
-            session.update(mode="reused", api_url=target.rstrip("/"),
-                           docker_host=os.environ.get("TLE_DOCKER_HOST"))
-            forwarder = Forwarder(target.rstrip("/"), session.label, plan.api_port, record).start()
-            emu = TensorlakeEmulator(api_url=forwarder.url, session_label=session.label, namespace=namespace,
-                                     mode="reused", target_url=target.rstrip("/"), request_timeout=timeout)
-        else:
-            if target:
-                _warn(f"[tensorlake-emulator] nothing answers at {target}; starting an emulator for this session")
-            data_dir = Path(tempfile.mkdtemp(prefix=f"tle-pytest-{plan.worker or 'main'}-"))
-            (data_dir / sessions.DATA_DIR_MARKER).write_text(session.label + "\n")
-            proc = EmulatorProcess(data_dir=data_dir, api_port=plan.api_port, proxy_port=plan.proxy_port,
-                                   session_label=session.label, die_with_parent=True)
-            session.update(mode="started", api_url=proc.api_url, data_dir=str(data_dir),
-                           docker_host=os.environ.get("TLE_DOCKER_HOST"))
-            proc.spawn()  # recorded before the wait, so a session killed during start-up is reaped fully
-            session.update(emulator_pid=proc.pid, emulator_start=process_start_time(proc.pid or 0))
-            proc.wait_ready()
-            emu = TensorlakeEmulator(api_url=proc.api_url, session_label=session.label, namespace=namespace,
-                                     mode="started", target_url=proc.api_url, request_timeout=timeout,
-                                     process=proc, data_dir=data_dir)
-        yield emu
+        yield TensorlakeEmulator(api_url=proc.api_url, session_label=opened.session.label, namespace=namespace,
+                                 mode="started", target_url=proc.api_url, request_timeout=timeout,
+                                 process=proc, data_dir=proc.data_dir)
     finally:
-        if forwarder is not None:
-            forwarder.stop()
-        if proc is not None:
-            proc.stop()
-        # Everything the session made goes: terminate what is left, delete its snapshots, remove its folder.
-        sessions.reap(session.record, progress=_info)
-        session.close()
+        config.stash[_FAILED] = request.session.testsfailed > 0  # failures and errors, any phase
+        _close(config, opened)
 
 
 def _create_kwargs(emu: TensorlakeEmulator, request: pytest.FixtureRequest) -> dict[str, Any]:
@@ -181,7 +283,7 @@ def _create_kwargs(emu: TensorlakeEmulator, request: pytest.FixtureRequest) -> d
 
 @pytest.fixture
 def tensorlake_sandbox(tensorlake_emulator: TensorlakeEmulator, request: pytest.FixtureRequest) -> Iterator[Any]:
-    from tensorlake.sandbox import Sandbox
+    from tensorlake.sandbox import Sandbox  # type: ignore[import-untyped]
 
     sandbox = Sandbox.create(**_create_kwargs(tensorlake_emulator, request))
     try:
@@ -197,7 +299,7 @@ def tensorlake_sandbox(tensorlake_emulator: TensorlakeEmulator, request: pytest.
 
 async def _async_sandbox(tensorlake_emulator: TensorlakeEmulator, request: pytest.FixtureRequest
                          ) -> AsyncIterator[Any]:
-    from tensorlake.sandbox import AsyncSandbox
+    from tensorlake.sandbox import AsyncSandbox  # type: ignore[import-untyped]
 
     sandbox = await AsyncSandbox.create(**_create_kwargs(tensorlake_emulator, request))
     try:

@@ -28,8 +28,6 @@ import signal
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.config import client_auth_headers
-from sdk_shim.launcher import process_start_time
+from sdk_shim.launcher import api_healthy, process_start_time
 
 log = logging.getLogger("tensorlake_emulator")
 Progress = Callable[[str], None]
@@ -201,10 +199,10 @@ def reap(rec: SessionRecord, progress: Progress | None = None) -> None:
         api_ok = _delete_through_api(rec, say)
     if rec.mode != "reused" or not api_ok:
         # Our own emulator is stopped, or the reused one does not answer: remove by label directly.
-        from sdk_shim.docker_sweep import session_selector, sweep_sync
+        from sdk_shim.docker_sweep import session_selector, sweep
 
         try:
-            n_c, n_i = sweep_sync(*session_selector(rec.label), host=rec.docker_host, progress=say)
+            n_c, n_i = sweep(*session_selector(rec.label), host=rec.docker_host, progress=say)
             if n_c or n_i:
                 say(f"[tensorlake-emulator] removed {n_c} container(s) and {n_i} image(s) of session {rec.label}")
         except Exception as exc:  # Docker unreachable from here (e.g. a CI container): say so, go on
@@ -240,25 +238,24 @@ def _is_zombie(pid: int) -> bool:
 
 def _delete_through_api(rec: SessionRecord, say: Progress) -> bool:
     """Delete the session's snapshots, then its sandboxes, through the emulator. False when it does not answer."""
+    import httpx
+
     base = rec.api_url.rstrip("/")
-    try:
-        with urllib.request.urlopen(f"{base}/healthz", timeout=3):
-            pass
-    except OSError:
+    if not api_healthy(base, 3.0):
         say(f"[tensorlake-emulator] the emulator at {base} does not answer; removing by label instead")
         return False
     items = [("snapshots", ns, i) for ns, i in rec.snapshots] + [("sandboxes", ns, i) for ns, i in rec.sandboxes]
-    for kind, ns, ident in items:
-        req = urllib.request.Request(f"{base}/v1/namespaces/{ns}/{kind}/{ident}", method="DELETE",
-                                     headers=client_auth_headers())
-        try:
-            with urllib.request.urlopen(req, timeout=60):
+    with httpx.Client(base_url=base, timeout=60, headers=client_auth_headers()) as http:
+        for kind, ns, ident in items:
+            try:
+                r = http.delete(f"/v1/namespaces/{ns}/{kind}/{ident}")
+            except httpx.HTTPError as exc:
+                say(f"[tensorlake-emulator] could not delete {kind[:-1]} {ident}: {exc}")
+                continue
+            if r.is_success:
                 say(f"[tensorlake-emulator] deleted {kind[:-1]} {ident}")
-        except urllib.error.HTTPError as exc:
-            if exc.code != 404:
-                say(f"[tensorlake-emulator] could not delete {kind[:-1]} {ident}: HTTP {exc.code}")
-        except OSError as exc:
-            say(f"[tensorlake-emulator] could not delete {kind[:-1]} {ident}: {exc}")
+            elif r.status_code != 404:
+                say(f"[tensorlake-emulator] could not delete {kind[:-1]} {ident}: HTTP {r.status_code}")
     return True
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk_shim.docker_sweep import session_selector, sweep_sync
+from sdk_shim.docker_sweep import session_selector, sweep
 from sdk_shim.launcher import EmulatorProcess, free_port
 
 _API_PORT, _PROXY_PORT = free_port(), free_port()
@@ -35,7 +35,7 @@ REQ_TIMEOUT = 60.0
 @pytest.fixture(scope="session", autouse=True)
 def _sweep_session_leftovers() -> Iterator[None]:
     yield
-    sweep_sync(*session_selector(SESSION_LABEL))
+    sweep(*session_selector(SESSION_LABEL))
 
 
 @pytest.fixture(scope="session")

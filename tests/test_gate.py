@@ -31,7 +31,7 @@ from tensorlake.sandbox.exceptions import RemoteAPIError
 from websockets.exceptions import InvalidStatus
 
 from emulator.server import instance_label
-from sdk_shim.docker_sweep import instance_selector, sweep_sync
+from sdk_shim.docker_sweep import instance_selector, sweep
 from sdk_shim.launcher import EmulatorProcess
 
 T = 60.0
@@ -62,7 +62,7 @@ def gated() -> Iterator[EmulatorProcess]:
         yield emu
     finally:
         emu.stop()
-        sweep_sync(*instance_selector(instance_label(data_dir)))
+        sweep(*instance_selector(instance_label(data_dir)))
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -24,7 +24,7 @@ from tensorlake.sandbox import Sandbox
 
 from emulator.api.validation import image_reference_problem
 from emulator.server import instance_label
-from sdk_shim.docker_sweep import instance_selector, sweep_sync
+from sdk_shim.docker_sweep import instance_selector, sweep
 from sdk_shim.launcher import EmulatorProcess
 
 T = 60.0
@@ -411,7 +411,7 @@ def test_records_stored_before_the_checks_do_not_break_list() -> None:
         assert info.exposed_ports == [8080] and info.timeout_secs == 2**63 - 1
     finally:
         emu.stop()
-        sweep_sync(*instance_selector(instance_label(data_dir)))
+        sweep(*instance_selector(instance_label(data_dir)))
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

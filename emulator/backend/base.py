@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-LABEL_PREFIX = "dev.tensorlake-emulator"
-LABEL_SANDBOX = f"{LABEL_PREFIX}.sandbox-id"
-LABEL_INSTANCE = f"{LABEL_PREFIX}.instance"
-LABEL_NAMESPACE = f"{LABEL_PREFIX}.namespace"
-LABEL_SESSION = f"{LABEL_PREFIX}.session"
-LABEL_SNAPSHOT = f"{LABEL_PREFIX}.snapshot-id"
+# The label rules live in emulator.labels (shared with the CLI and the pytest plugin); re-exported here
+# for the modules that build containers.
+from emulator.labels import (  # noqa: F401
+    LABEL_INSTANCE,
+    LABEL_NAMESPACE,
+    LABEL_PREFIX,
+    LABEL_SANDBOX,
+    LABEL_SESSION,
+    LABEL_SNAPSHOT,
+)
 
 AGENT_DIR_IN_SANDBOX = "/.tle/run"
 # The agent package directory (emulator/agent), bind-mounted read-only and run as `python3 -B /.tle/agent`.

@@ -17,17 +17,16 @@ from emulator.backend.base import (
     AGENT_CODE_IN_SANDBOX,
     AGENT_DIR_IN_SANDBOX,
     LABEL_INSTANCE,
-    LABEL_PREFIX,
     LABEL_SANDBOX,
     ContainerSpec,
     ContainerState,
     EngineInfo,
 )
 from emulator.errors import BackendUnavailable, EmulatorError, ImageNotFound, RuntimeMissing
+from emulator.labels import LABEL_CANARY, instance_filter
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
-LABEL_CANARY = f"{LABEL_PREFIX}.canary"
 
 # Docker's default set minus what a code sandbox never needs (raw sockets, mknod, chroot, audit,
 # file capabilities): dropped explicitly so a stock image cannot regain them.
@@ -173,7 +172,7 @@ class DockerBackend:
         return pid or None
 
     async def list_ours(self) -> list[ContainerState]:
-        filters = json.dumps({"label": [f"{LABEL_INSTANCE}={self._instance}"]})
+        filters = json.dumps(instance_filter(self._instance))
         try:
             items = await self.docker.containers.list(all=True, filters=filters)
         except DockerError as exc:
@@ -249,7 +248,7 @@ class DockerBackend:
                 raise EmulatorError(f"could not unpause the sandbox: {exc.message}") from exc
 
     async def list_paused_ours(self) -> list[str]:
-        filters = json.dumps({"label": [f"{LABEL_INSTANCE}={self._instance}"], "status": ["paused"]})
+        filters = json.dumps(instance_filter(self._instance, status=["paused"]))
         try:
             items = await self.docker.containers.list(all=True, filters=filters)
         except DockerError as exc:
@@ -258,7 +257,7 @@ class DockerBackend:
 
     async def prune_dangling_ours(self) -> int:
         """Remove untagged images that carry our label (deleted snapshots once no container uses them)."""
-        filters = json.dumps({"dangling": ["true"], "label": [f"{LABEL_INSTANCE}={self._instance}"]})
+        filters = json.dumps(instance_filter(self._instance, dangling=["true"]))
         try:
             images = await self.docker.images.list(filters=filters)
         except DockerError:

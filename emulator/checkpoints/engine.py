@@ -34,12 +34,12 @@ from emulator.checkpoints import containerd_leftovers
 from emulator.checkpoints.mechanisms import DockerMechanism, Mechanism, RuncMechanism
 from emulator.checkpoints.probe import CriuProbe
 from emulator.errors import BadRequest, EmulatorError, NotFound, NotSupported
+from emulator.labels import SNAPSHOT_REPO
 from emulator.model.ids import new_snapshot_id
 from emulator.model.records import SandboxRecord, SnapshotRecord
 from emulator.store.sqlite import Store
 
 log = logging.getLogger(__name__)
-SNAPSHOT_REPO = "tensorlake-emulator/snapshot"
 SUSPEND_NAME = "suspend"
 # A trivial process tree for the start-up probe: a shell loop with a child, no network.
 CANARY_CMD = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i >/tmp/canary; sleep 0.05; done"]

@@ -58,10 +58,20 @@ class ProxyApp:
         headers = {k.lower(): v for k, v in scope["headers"]}
         try:
             sandbox_id, sock = await self._resolve(headers)
+        except MissingSandboxId as exc:
+            # The usual cause is an SDK aimed at this port instead of the lifecycle API: say which URL to use.
+            await _send_error(send, exc.status, f"{exc.message}: {self._wrong_port_hint()}", exc.code)
+            return
         except EmulatorError as exc:
             await _send_error(send, exc.status, exc.message, exc.code)
             return
         await self._forward(scope, receive, send, headers, sandbox_id, sock)
+
+    def _wrong_port_hint(self) -> str:
+        settings = self.manager.settings
+        host = "localhost" if settings.bind in ("127.0.0.1", "0.0.0.0") else settings.bind
+        return (f"port {settings.proxy_port} is the emulator's sandbox proxy; point the SDK "
+                f"(TENSORLAKE_API_URL or api_url=) at the lifecycle API, http://{host}:{settings.api_port}")
 
     async def _resolve(self, headers: dict[bytes, bytes]) -> tuple[str, AgentEndpoint]:
         """The sandbox a request is for (§1.2), woken first when it allows; raises EmulatorError."""

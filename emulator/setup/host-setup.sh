@@ -3,11 +3,16 @@
 #   1. Docker engine running with checkpoint support (--experimental)
 #   2. CRIU >= 4.2 on PATH (optional: without it suspend/checkpoint answer "not supported")
 #   3. the default sandbox image, built offline from Debian packages
-#   4. the project's Python environment (.venv) with the pinned SDK for the tests
-# Every stage prints one line and skips itself when its work is already done.
+#   4. in a source checkout only: the project's Python environment (.venv) with the pinned SDK for the tests
+# Every stage prints one line and skips itself when its work is already done; long ones say they are alive.
+# Everything it runs ships inside the package (this folder), so an installed wheel sets a host up alone.
 set -uo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+# A source checkout has the project file two levels up; an installed package has site-packages there.
+SOURCE_CHECKOUT=0
+[ -f "$REPO/pyproject.toml" ] && grep -q '^name = "tensorlake-emulator"' "$REPO/pyproject.toml" && SOURCE_CHECKOUT=1
 IMAGE=${TLE_DEFAULT_IMAGE:-tensorlake-emulator/sandbox:latest}
 ALIAS_IMAGE=tensorlake/ubuntu-minimal:latest
 MIRROR=${TLE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -19,6 +24,19 @@ export DEBIAN_FRONTEND=noninteractive
 say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] FAILED: %s\n' "$*" >&2; exit 1; }
 mkdir -p "$STATE"
+
+# Run a long command in the background and print a line every 20 s until it ends; returns its status.
+with_progress() {
+  local what=$1; shift
+  "$@" & local pid=$! start=$SECONDS
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    if [ $(( (SECONDS - start) % 20 )) = 0 ] && kill -0 "$pid" 2>/dev/null; then
+      say "$what: still working ($(( SECONDS - start )) s)"
+    fi
+  done
+  wait "$pid"
+}
 
 sudo_prefix=""
 [ "$(id -u)" = 0 ] || sudo_prefix="sudo"
@@ -58,7 +76,7 @@ fi
 # Both stages need debootstrap; install it here so two apt-gets never race for the dpkg lock.
 command -v debootstrap >/dev/null || { say "debootstrap: installing"; apt_install debootstrap; }
 criu_log=$STATE/criu-install.log
-bash "$REPO/criu/install.sh" >"$criu_log" 2>&1 &
+bash "$HERE/criu-install.sh" >"$criu_log" 2>&1 &
 criu_pid=$!
 
 # ---- 3. default sandbox image -----------------------------------------------------------------
@@ -68,7 +86,7 @@ else
   rootfs=$STATE/image-rootfs
   rm -rf "$rootfs"
   say "image: debootstrap trixie minbase with python3 (about a minute)"
-  debootstrap --variant=minbase --include=python3,python-is-python3,procps,coreutils,ca-certificates \
+  with_progress image debootstrap --variant=minbase --include=python3,python-is-python3,procps,coreutils,ca-certificates \
     trixie "$rootfs" "$MIRROR" >"$STATE/image-debootstrap.log" 2>&1 \
     || die "debootstrap of the sandbox image (see $STATE/image-debootstrap.log)"
   mkdir -p "$rootfs/workspace"
@@ -86,10 +104,12 @@ else
   say "image: $ALIAS_IMAGE present"
 fi
 
-# ---- 4. Python environment --------------------------------------------------------------------
+# ---- 4. Python environment (a source checkout only) ------------------------------------------
 stamp=$VENV/.tle-installed
-want=$(cat "$REPO/pyproject.toml" | sha256sum | cut -c1-16)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/tensorlake-emulator" ]; then
+want=$(sha256sum <"$REPO/pyproject.toml" 2>/dev/null | cut -c1-16)
+if [ $SOURCE_CHECKOUT = 0 ]; then
+  say "python: running from the installed package in $REPO; nothing to install"
+elif [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/tensorlake-emulator" ]; then
   say "python: $VENV up to date"
 else
   say "python: installing the project and its test dependencies into $VENV"
@@ -101,6 +121,11 @@ else
 fi
 
 # ---- 2b. wait for CRIU ------------------------------------------------------------------------
+start=$SECONDS
+while kill -0 $criu_pid 2>/dev/null; do
+  sleep 1
+  [ $(( (SECONDS - start) % 20 )) = 0 ] && say "criu: still installing ($(( SECONDS - start )) s, log: $criu_log)"
+done
 if wait $criu_pid; then
   say "$(tail -n1 "$criu_log")"
 else

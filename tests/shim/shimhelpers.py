@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdk_shim import docker_sweep
 from sdk_shim.launcher import process_start_time
 
 REPO = Path(__file__).resolve().parents[2]
-LABEL_SESSION = "dev.tensorlake-emulator.session"
 INNER_INI = """[pytest]
 asyncio_mode = auto
 asyncio_default_fixture_loop_scope = function
@@ -28,15 +28,18 @@ addopts = -p no:cacheprovider
 
 
 def docker_ids(kind: str, label: str) -> list[str]:
-    """Ids of containers (all states) or images that carry `label` (key=value)."""
-    cmd = ["docker", "ps", "-a", "-q"] if kind == "containers" else ["docker", "images", "-q"]
-    out = subprocess.run([*cmd, "--filter", f"label={label}"], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.split()
+    """Ids of containers (all states) or images that carry `label` (key=value), through docker-py."""
+    client = docker_sweep.client()
+    try:
+        if kind == "containers":
+            return [c.id for c in client.containers.list(all=True, sparse=True, filters={"label": [label]})]
+        return [i["Id"] for i in client.api.images(filters={"label": [label]})]
+    finally:
+        client.close()
 
 
 def session_leftovers(label: str) -> tuple[list[str], list[str]]:
-    return docker_ids("containers", f"{LABEL_SESSION}={label}"), docker_ids("images", f"{LABEL_SESSION}={label}")
+    return docker_sweep.session_leftovers(label)
 
 
 def pid_gone(pid: int, start: int | None = None) -> bool:

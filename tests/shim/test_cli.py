@@ -92,9 +92,9 @@ def labelled_emulator():  # noqa: ANN201
     proc = EmulatorProcess(data_dir=data_dir, session_label=label, extra_env={"TLE_TERMINATE_ON_EXIT": "0"}).start()
     yield proc, label
     proc.stop()
-    from sdk_shim.docker_sweep import session_selector, sweep_sync
+    from sdk_shim.docker_sweep import session_selector, sweep
 
-    sweep_sync(*session_selector(label))
+    sweep(*session_selector(label))
     shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -21,7 +21,7 @@ import tomllib
 from shimhelpers import REPO, docker_ids
 
 from emulator.server import instance_label
-from sdk_shim.docker_sweep import instance_selector, sweep_sync
+from sdk_shim.docker_sweep import instance_selector, sweep
 from sdk_shim.launcher import api_healthy, free_port
 
 IMAGE = "tensorlake-emulator/server:latest"
@@ -89,6 +89,6 @@ def test_compose_up_gives_a_working_emulator() -> None:
         assert f"proxy http://emulator:{proxy_port}" in status.stdout, status.stdout
     finally:
         run("down", "--remove-orphans")
-        sweep_sync(*instance_selector(instance_label(data_dir)))
+        sweep(*instance_selector(instance_label(data_dir)))
         shutil.rmtree(data_dir, ignore_errors=True)
     assert docker_ids("containers", f"dev.tensorlake-emulator.instance={instance_label(data_dir)}") == []

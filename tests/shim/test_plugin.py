@@ -23,10 +23,13 @@ def write(name, **data):
 
 
 def labelled(label, kind="ps"):
-    cmd = ["docker", "ps", "-q"] if kind == "ps" else ["docker", "images", "-q"]
-    out = subprocess.run([*cmd, "--filter", f"label=dev.tensorlake-emulator.session={label}"],
-                         capture_output=True, text=True, timeout=60)
-    return out.stdout.split()
+    import docker
+
+    client = docker.from_env()
+    filters = {"label": [f"dev.tensorlake-emulator.session={label}"]}
+    if kind == "ps":
+        return [c.id for c in client.containers.list(sparse=True, filters=filters)]
+    return [i["Id"] for i in client.api.images(filters=filters)]
 '''
 
 FIXTURES_TEST = COMMON + '''
