@@ -82,10 +82,23 @@ class ProxyApp:
         )
         try:
             response = await client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+        except ClientGone:
+            # The client's body was cut: the upstream request was aborted (its connection closed before
+            # the body's end), so the agent saw an incomplete body and acted on nothing. Nobody to answer.
+            log.info("client of %s left in the middle of its request body", sandbox_id)
+            return
+        except _NOTHING_SENT as exc:
             log.info("agent of %s unreachable: %s", sandbox_id, exc)
             err = SandboxNotReady(f"Sandbox {sandbox_id} is not answering yet: {type(exc).__name__}")
             await _send_error(send, err.status, err.message, err.code)
+            return
+        except httpx.HTTPError as exc:
+            # The request may have reached the agent and been carried out: answer a status the SDK does
+            # not retry (PROTOCOL.md 3.3), so nothing runs twice.
+            log.warning("request to the agent of %s failed after it was sent: %r", sandbox_id, exc)
+            await _send_error(send, 500, f"The connection to sandbox {sandbox_id} broke before its answer "
+                              f"({type(exc).__name__}); the request may have been carried out",
+                              "SANDBOX_CONNECTION_LOST")
             return
         started = False
         try:
@@ -115,11 +128,23 @@ class ProxyApp:
             return False
 
 
+# Failures where the request provably never left the proxy: a 503 there means "nothing happened", which is
+# what makes the SDK's retry safe.
+_NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class ClientGone(Exception):
+    """The client disconnected before the end of its request body."""
+
+
 async def _request_body(receive: Any) -> AsyncIterator[bytes]:
+    """The client's body, chunk by chunk. A body the client did not finish raises ClientGone rather than
+    ending: ending would make httpx close the upstream body as complete (a final chunk, or a short
+    Content-Length body), and the agent would act on the truncated part."""
     while True:
         msg = await receive()
         if msg["type"] == "http.disconnect":
-            return
+            raise ClientGone
         body = msg.get("body", b"")
         if body:
             yield body
