@@ -75,6 +75,7 @@ _FILE_ERRNO = {
     errno.ENODEV: (400, "NOT_A_FILE"),
     errno.EOPNOTSUPP: (400, "NOT_SUPPORTED"),
     errno.EXDEV: (400, "CROSS_DEVICE"),
+    errno.ESPIPE: (400, "NOT_SUPPORTED"),
 }
 _FILE_MESSAGES = {
     "NOT_FOUND": "File not found",

@@ -64,7 +64,9 @@ def open_spool(target: str) -> int:
 
 
 def _copy(src: int, dst: int, size: int) -> None:
-    """Copy `size` bytes of `src` over the start of `dst` (positional I/O: no shared offsets)."""
+    """Copy `size` bytes of `src` (read positionally) over the start of `dst`. `dst` is written sequentially
+    from offset 0, not with pwrite, so that /proc and /sys files (no seeking writes) can be written too."""
+    os.lseek(dst, 0, os.SEEK_SET)
     off = 0
     while off < size:
         data = os.pread(src, min(COPY_CHUNK, size - off), off)
@@ -72,7 +74,7 @@ def _copy(src: int, dst: int, size: int) -> None:
             raise OSError(errno.EIO, "upload spool shrank")
         view = memoryview(data)
         while view:
-            n = os.pwrite(dst, view, off)
+            n = os.write(dst, view)
             view = view[n:]
             off += n
 
