@@ -4,6 +4,7 @@ errors as 4xx; and the HTTP framing of every kind of answer, checked by parsing 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -325,7 +326,7 @@ def test_every_kind_of_answer_is_framed_right(agent, files_dir):
 
 def test_head_then_start_runs_one_process(agent, client):
     tag = _tag()
-    body = ('{"command": "sleep", "args": ["%s"]}' % tag).encode()
+    body = json.dumps({"command": "sleep", "args": [tag]}).encode()
     res = _exchange(agent, [("HEAD", "/api/v1/info", [], None),
                             ("POST", "/api/v1/processes", [("Content-Type", "application/json")], body)])
     assert [r[0] for r in res] == [200, 201]
