@@ -210,3 +210,19 @@ async def test_async_kill_tree_and_in_place_write(emulator: EmulatorProcess) -> 
         assert err.value.status_code == 400 and err.value.code == "IS_DIRECTORY"
     finally:
         await sandbox.terminate()
+
+
+def test_kill_ends_the_tree_after_suspend_and_resume(emulator: EmulatorProcess) -> None:
+    """CRIU recreates every process (new start times): the trees are still known after a resume."""
+    sandbox = Sandbox.create(name=f"trees-{uuid.uuid4().hex[:8]}", memory_mb=256, request_timeout=T)
+    try:
+        tag = _tag()
+        p = sandbox.start_process("sh", ["-c", f"(setsid sleep {tag} &); setsid sleep {tag} & wait"])
+        assert _until(lambda: len(_find(sandbox, tag)) == 2)
+        sandbox.suspend()
+        sandbox.resume()
+        assert len(_find(sandbox, tag)) == 2
+        sandbox.kill_process(p.pid)
+        assert _until(lambda: not _find(sandbox, tag))
+    finally:
+        sandbox.terminate()

@@ -79,6 +79,8 @@ class TreeTracker:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.self_pid = os.getpid()
+        own = read_stat(self.self_pid)
+        self.self_start = own[2] if own is not None else 0
         self.trees: dict[str, Tree] = {}
         self.by_session: dict[int, Tree] = {}
         self.known: dict[int, tuple[int, Tree | None]] = {}  # pid -> (start time, tree or None)
@@ -115,6 +117,7 @@ class TreeTracker:
             live = {int(p) for p in os.listdir("/proc") if p.isdigit()}
         except OSError:
             return
+        self._after_restore()
         for pid in [p for p in self.known if p not in live]:
             _start, tree = self.known.pop(pid)
             if tree is not None:
@@ -135,6 +138,21 @@ class TreeTracker:
                 del self.trees[token]
                 if self.by_session.get(tree.root_pid) is tree:
                     del self.by_session[tree.root_pid]
+
+    def _after_restore(self) -> None:
+        """A CRIU restore recreates every process with its pid but a new start time: when the agent's own start
+        time changed, take the new start times of all known processes (their ancestry is restored as it was)."""
+        own = read_stat(self.self_pid)
+        if own is None or own[2] == self.self_start:
+            return
+        self.self_start = own[2]
+        for pid, (_start, tree) in list(self.known.items()):
+            st = read_stat(pid)
+            if st is None:
+                continue
+            self.known[pid] = (st[2], tree)
+            if tree is not None and pid in tree.members:
+                tree.members[pid] = st[2]
 
     def _attribute(self, pid: int, ppid: int, sid: int, start: int) -> Tree | None:
         if pid == self.self_pid:

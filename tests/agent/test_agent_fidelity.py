@@ -333,3 +333,21 @@ def test_head_then_start_runs_one_process(agent, client):
     procs = [p for p in client.get("/api/v1/processes").json()["processes"] if p["args"] == [tag]]
     assert len(procs) == 1 and len(_running(tag)) == 1
     client.delete(f"/api/v1/processes/{procs[0]['pid']}")
+
+
+def test_write_over_a_running_program_replaces_it(client, files_dir):
+    """ETXTBSY: a running program's file cannot be written in place; it is replaced, mode kept."""
+    prog = os.path.join(files_dir, "prog")
+    with open("/bin/sleep", "rb") as src, open(prog, "wb") as dst:
+        dst.write(src.read())
+    os.chmod(prog, 0o751)
+    running = subprocess.Popen([prog, "30"])
+    try:
+        time.sleep(0.2)
+        r = client.put("/api/v1/files", params=fparams(prog), content=b"#!/bin/sh\necho replaced\n")
+        assert r.status_code == 204, r.text
+        assert open(prog, "rb").read() == b"#!/bin/sh\necho replaced\n"
+        assert oct(os.stat(prog).st_mode & 0o777) == "0o751" and os.listdir(files_dir) == ["prog"]
+    finally:
+        running.kill()
+        running.wait()
