@@ -226,3 +226,33 @@ def test_kill_ends_the_tree_after_suspend_and_resume(emulator: EmulatorProcess) 
         assert _until(lambda: not _find(sandbox, tag))
     finally:
         sandbox.terminate()
+
+
+def test_proxy_answers_a_non_retried_error_when_the_agent_may_have_acted(emulator: EmulatorProcess) -> None:
+    """The container dies while the agent holds a request (a stdin write blocked on a full pipe): the proxy
+    must not answer a 503 (the SDK would send it again); connection failures before sending still are 503."""
+    import subprocess
+    import threading
+
+    import httpx
+
+    sandbox = Sandbox.create(memory_mb=256, request_timeout=T)
+    try:
+        p = sandbox.start_process("sleep", ["300"], stdin_mode="pipe")  # never reads its stdin
+        result: dict = {}
+
+        def post() -> None:
+            r = httpx.post(f"{emulator.proxy_url}/api/v1/processes/{p.pid}/stdin", content=b"z" * (4 << 20),
+                           headers={"X-Tensorlake-Sandbox-Id": sandbox.sandbox_id}, timeout=30)
+            result["status"], result["body"] = r.status_code, r.json()
+
+        t = threading.Thread(target=post)
+        t.start()
+        time.sleep(1.5)
+        assert t.is_alive(), result  # the agent holds the request
+        subprocess.run(["docker", "kill", f"tle-{sandbox.sandbox_id}"], check=True, capture_output=True)
+        t.join(30)
+        assert result["status"] not in (429, 502, 503, 504), result
+        assert result["status"] == 500 and result["body"]["code"] == "SANDBOX_CONNECTION_LOST", result
+    finally:
+        sandbox.terminate()
