@@ -64,10 +64,20 @@ def open_spool(target: str) -> int:
 
 
 def _copy(src: int, dst: int, size: int) -> None:
-    """Copy `size` bytes of `src` (read positionally) over the start of `dst`. `dst` is written sequentially
-    from offset 0, not with pwrite, so that /proc and /sys files (no seeking writes) can be written too."""
+    """Copy `size` bytes of `src` over the start of `dst`: in the kernel (copy_file_range) where it can,
+    else read and written sequentially from offset 0 (no pwrite, so /proc and /sys files can be written too)."""
     os.lseek(dst, 0, os.SEEK_SET)
     off = 0
+    if size and hasattr(os, "copy_file_range"):
+        try:
+            while off < size:
+                n = os.copy_file_range(src, dst, min(COPY_CHUNK * 64, size - off), off)
+                if n <= 0:
+                    break
+                off += n
+        except OSError as e:
+            if off or e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
+                raise
     while off < size:
         data = os.pread(src, min(COPY_CHUNK, size - off), off)
         if not data:
