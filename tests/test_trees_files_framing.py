@@ -256,3 +256,43 @@ def test_proxy_answers_a_non_retried_error_when_the_agent_may_have_acted(emulato
         assert result["status"] == 500 and result["body"]["code"] == "SANDBOX_CONNECTION_LOST", result
     finally:
         sandbox.terminate()
+
+
+def test_upload_cut_by_an_emulator_crash_leaves_the_old_file(tmp_path) -> None:
+    """kill -9 of the emulator (the proxy) in the middle of an upload: the agent sees the body end early."""
+    emu = EmulatorProcess(data_dir=tmp_path / "data", extra_env={"TLE_TERMINATE_ON_EXIT": "0"}).start()
+    url = emu.api_url
+    sandbox = Sandbox.create(api_url=url, memory_mb=256, request_timeout=T)
+    sid = sandbox.sandbox_id
+    emu2 = None
+    try:
+        sandbox.write_file("/srv/crash/keep.txt", b"precious\n")
+        u = urlparse(emu.proxy_url)
+        socks = []
+        for path, chunked in (("/srv/crash/keep.txt", False), ("/srv/crash/keep.txt", True),
+                              ("/srv/crash/new.txt", False)):
+            s = socket.create_connection((u.hostname, u.port), timeout=10)
+            head = (f"PUT /api/v1/files?path={path} HTTP/1.1\r\nHost: {u.hostname}\r\n"
+                    f"X-Tensorlake-Sandbox-Id: {sid}\r\n")
+            if chunked:
+                s.sendall((head + "Transfer-Encoding: chunked\r\n\r\n").encode() + b"100000\r\n" + b"C" * 300_000)
+            else:
+                s.sendall((head + "Content-Length: 10000000\r\n\r\n").encode() + b"L" * 300_000)
+            socks.append(s)
+        time.sleep(1.0)
+        assert emu.proc is not None
+        emu.proc.kill()  # the proxy dies with the bodies half through it
+        emu.proc.wait(30)
+        for s in socks:
+            s.close()
+        emu2 = EmulatorProcess(data_dir=tmp_path / "data", api_port=emu.api_port, proxy_port=emu.proxy_port).start()
+        again = Sandbox.connect(sid, api_url=url, request_timeout=T)
+        assert again.read_file("/srv/crash/keep.txt").value == b"precious\n"
+        assert again.run("ls", ["-A", "/srv/crash"]).stdout.split() == ["keep.txt"]
+    finally:
+        if emu2 is None:  # failed before the restart: whichever emulator is (or can be) up cleans up
+            alive = emu.proc is not None and emu.proc.poll() is None
+            emu2 = emu if alive else EmulatorProcess(data_dir=tmp_path / "data", api_port=emu.api_port,
+                                                     proxy_port=emu.proxy_port).start()
+        Sandbox.connect(sid, api_url=url, request_timeout=T).terminate()
+        emu2.stop()
