@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from http_request import Request
 
 COPY_CHUNK = 1024 * 1024
+# One commit at a time per target (by real path): two uploads of one file never interleave their bytes.
+_COMMIT_LOCKS: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # real path -> (lock, [users])
 SPOOL_FALLBACK_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 
 
@@ -267,7 +269,16 @@ async def write_upload(req: Request, path: str, umask: int, default_owner: Calla
                 await loop.run_in_executor(None, up.write, chunk)
             if not data:
                 break
-        await loop.run_in_executor(None, up.commit)
+        key = await loop.run_in_executor(None, os.path.realpath, path)
+        lock, users = _COMMIT_LOCKS.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                await loop.run_in_executor(None, up.commit)
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del _COMMIT_LOCKS[key]
     except OSError as e:
         if isinstance(e, ConnectionError):
             raise

@@ -351,3 +351,18 @@ def test_write_over_a_running_program_replaces_it(client, files_dir):
     finally:
         running.kill()
         running.wait()
+
+
+def test_concurrent_uploads_of_one_file_do_not_mix(agent, files_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    f = os.path.join(files_dir, "race.bin")
+    blobs = [bytes([i]) * (2 * 1024 * 1024 + i) for i in range(8)]
+
+    def put(blob: bytes) -> int:
+        with agent.make_client() as c:
+            return c.put("/api/v1/files", params=fparams(f), content=blob).status_code
+
+    with ThreadPoolExecutor(8) as ex:
+        assert list(ex.map(put, blobs)) == [204] * 8
+    assert open(f, "rb").read() in blobs
