@@ -366,3 +366,34 @@ def test_concurrent_uploads_of_one_file_do_not_mix(agent, files_dir):
     with ThreadPoolExecutor(8) as ex:
         assert list(ex.map(put, blobs)) == [204] * 8
     assert open(f, "rb").read() in blobs
+
+
+def test_streams_errors_and_close_are_framed_right(agent, client):
+    p = start(client, command="sh", args=["-c", "echo one; echo two >&2"])
+    wait_for(lambda: client.get(f"/api/v1/processes/{p['pid']}").json()["status"] == "exited")
+    json_hdr = [("Content-Type", "application/json")]
+    reqs = [
+        ("GET", f"/api/v1/processes/{p['pid']}/output/follow", [], None),  # SSE replay then eof, chunked
+        ("HEAD", f"/api/v1/processes/{p['pid']}/output/follow", [], None),  # head only, at once
+        ("GET", f"/api/v1/processes/{p['pid']}/stdout", [], None),
+        ("GET", "/api/v1/tunnels/tcp?port=1", [], None),  # 426 without the upgrade headers
+        ("POST", "/api/v1/processes", json_hdr, b"{not json"),  # 400
+        ("POST", f"/api/v1/processes/{p['pid']}/signal", json_hdr, b'{"signal": 0}'),
+        ("DELETE", f"/api/v1/processes/{p['pid']}", [], None),  # 204
+        ("GET", "/api/v1/health", [("Connection", "close")], None),  # answered, then closed
+    ]
+    res = _exchange(agent, reqs)
+    assert [r[0] for r in res] == [200, 200, 200, 426, 400, 200, 204, 200]
+    assert b"event: eof" in res[0][2] and b"one" in res[0][2] and res[1][2] == b""
+    assert res[1][1].get("transfer-encoding") == "chunked"
+    assert res[7][1].get("connection") == "close"
+
+
+def test_pty_delete_ends_the_detached_tree(client):
+    tag = _tag()
+    script = f"setsid sleep {tag} & (sleep {tag} &); wait"
+    r = client.post("/api/v1/pty", json={"command": "sh", "args": ["-c", script]})
+    assert r.status_code == 201, r.text
+    wait_for(lambda: len(_running(tag)) == 2, timeout=5)
+    assert client.delete(f"/api/v1/pty/{r.json()['session_id']}").status_code == 204
+    wait_for(lambda: not _running(tag), timeout=5)
