@@ -2,6 +2,12 @@
 
 A raw ASGI app rather than a framework: request and response bodies are streamed chunk by chunk
 in both directions, so a 50 MB upload or an endless follow stream never sits in memory.
+
+Framing (issue 9): a request body the client did not finish is never ended as if complete upstream: the
+upstream request is aborted, so the agent sees an incomplete body and writes nothing. An agent answer cut
+in the middle is cut for the client too. A 503 (which the SDK retries) is only answered when the request
+provably never left the proxy; once it may have reached the agent, a failure is a 500
+``SANDBOX_CONNECTION_LOST``, which the SDK does not retry, so nothing runs twice.
 """
 
 from __future__ import annotations
@@ -81,13 +87,18 @@ class ProxyApp:
             content=_request_body(receive) if has_body else None,
         )
         try:
-            response = await client.send(request, stream=True)
+            try:
+                response = await client.send(request, stream=True)
+            except RuntimeError as exc:
+                if client.is_closed:  # the pool was closed for a suspend meanwhile: nothing was sent
+                    raise _ClientClosed(str(exc)) from exc
+                raise
         except ClientGone:
             # The client's body was cut: the upstream request was aborted (its connection closed before
             # the body's end), so the agent saw an incomplete body and acted on nothing. Nobody to answer.
             log.info("client of %s left in the middle of its request body", sandbox_id)
             return
-        except _NOTHING_SENT as exc:
+        except (*_NOTHING_SENT, _ClientClosed) as exc:
             log.info("agent of %s unreachable: %s", sandbox_id, exc)
             err = SandboxNotReady(f"Sandbox {sandbox_id} is not answering yet: {type(exc).__name__}")
             await _send_error(send, err.status, err.message, err.code)
@@ -131,6 +142,10 @@ class ProxyApp:
 # Failures where the request provably never left the proxy: a 503 there means "nothing happened", which is
 # what makes the SDK's retry safe.
 _NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class _ClientClosed(Exception):
+    """The sandbox's connection pool was closed (before a CRIU dump) between routing and sending."""
 
 
 class ClientGone(Exception):
