@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -258,11 +262,25 @@ def test_proxy_answers_a_non_retried_error_when_the_agent_may_have_acted(emulato
         sandbox.terminate()
 
 
-def test_upload_cut_by_an_emulator_crash_leaves_the_old_file(tmp_path) -> None:
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A data folder with a short path: the agent's socket path under it must fit AF_UNIX's 108 bytes, which
+    pytest's tmp_path under xdist does not."""
+    d = Path(tempfile.mkdtemp(prefix="tle-cut-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_upload_cut_by_an_emulator_crash_leaves_the_old_file(short_dir: Path) -> None:
     """kill -9 of the emulator (the proxy) in the middle of an upload: the agent sees the body end early."""
+    tmp_path = short_dir
     emu = EmulatorProcess(data_dir=tmp_path / "data", extra_env={"TLE_TERMINATE_ON_EXIT": "0"}).start()
     url = emu.api_url
-    sandbox = Sandbox.create(api_url=url, memory_mb=256, request_timeout=T)
+    try:
+        sandbox = Sandbox.create(api_url=url, memory_mb=256, request_timeout=T)
+    except Exception:
+        emu.stop()
+        raise AssertionError("create failed; emulator log:\n" + emu.log_tail(60)) from None
     sid = sandbox.sandbox_id
     emu2 = None
     try:
