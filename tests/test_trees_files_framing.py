@@ -178,7 +178,7 @@ def test_head_then_start_process_runs_once(sb: Sandbox, emulator: EmulatorProces
         assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\n"), data
         sb.start_process("sleep", [tag])
     started = [p for p in sb.list_processes() if p.args == [tag]]
-    assert len(started) == 3 and len(_find(sb, tag)) == 3
+    assert len(started) == 3 and _until(lambda: len(_find(sb, tag)) == 3)
     for p in started:
         sb.kill_process(p.pid)
 

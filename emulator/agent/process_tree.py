@@ -50,18 +50,21 @@ def read_stat(pid: int) -> tuple[int, int, int, str] | None:
         return None
 
 
-def read_marker(pid: int) -> str | None:
-    """The tree marker in a process's environment, if readable (same user, or the agent is privileged)."""
+def read_marker(pid: int) -> tuple[bool, str | None]:
+    """-> (whether the environment could be read, the tree marker in it or None). It cannot be read for
+    another user's process without CAP_SYS_PTRACE, and reads empty for a moment while a process execs."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
             env = f.read()
     except OSError:
-        return None
+        return False, None
+    if not env:
+        return False, None
     key = MARKER.encode() + b"="
     for item in env.split(b"\0"):
         if item.startswith(key):
-            return item[len(key) :].decode("ascii", "replace")
-    return None
+            return True, item[len(key) :].decode("ascii", "replace")
+    return True, None
 
 
 class Tree:
@@ -84,6 +87,7 @@ class TreeTracker:
         self.trees: dict[str, Tree] = {}
         self.by_session: dict[int, Tree] = {}
         self.known: dict[int, tuple[int, Tree | None]] = {}  # pid -> (start time, tree or None)
+        self.unsure: set[int] = set()  # attributed to no tree only because their environment was unreadable
         self.timer: asyncio.TimerHandle | None = None
 
     @staticmethod
@@ -108,8 +112,10 @@ class TreeTracker:
 
     def _tick(self) -> None:
         self.timer = None
-        self.scan()
-        self._arm()
+        try:
+            self.scan()
+        finally:
+            self._arm()
 
     def scan(self) -> None:
         """Attribute every pid not seen before; forget pids that are gone and trees left empty."""
@@ -119,9 +125,7 @@ class TreeTracker:
             return
         self._after_restore()
         for pid in [p for p in self.known if p not in live]:
-            _start, tree = self.known.pop(pid)
-            if tree is not None:
-                tree.members.pop(pid, None)
+            self._forget(pid)
         fresh = []
         for pid in live - self.known.keys():
             st = read_stat(pid)
@@ -129,10 +133,13 @@ class TreeTracker:
                 fresh.append((st[2], pid, st[0], st[1]))
         fresh.sort()  # by start time: a parent is attributed before its children
         for start, pid, ppid, sid in fresh:
+            if pid in self.known:
+                continue  # attributed meanwhile, as the parent of an earlier one
             tree = self._attribute(pid, ppid, sid, start)
             self.known[pid] = (start, tree)
             if tree is not None:
                 tree.members[pid] = start
+        self._retry_unsure(live)
         for token, tree in list(self.trees.items()):
             if not tree.members:
                 del self.trees[token]
@@ -154,17 +161,62 @@ class TreeTracker:
             if tree is not None and pid in tree.members:
                 tree.members[pid] = st[2]
 
-    def _attribute(self, pid: int, ppid: int, sid: int, start: int) -> Tree | None:
+    def _current(self, pid: int, depth: int = 0) -> tuple[int, Tree | None] | None:
+        """The known entry of a live pid, checked against its start time now: a pid that died and was reused
+        since it was attributed is forgotten and attributed afresh (it is nobody's member by inheritance)."""
+        entry = self.known.get(pid)
+        st = read_stat(pid)
+        if st is None:
+            return None
+        if entry is not None and entry[0] == st[2]:
+            return entry
+        if entry is not None:
+            self._forget(pid)
+        if depth > 64:
+            return None
+        tree = self._attribute(pid, st[0], st[1], st[2], depth + 1)
+        self.known[pid] = (st[2], tree)
+        if tree is not None:
+            tree.members[pid] = st[2]
+        return self.known[pid]
+
+    def _forget(self, pid: int) -> None:
+        _start, tree = self.known.pop(pid)
+        if tree is not None:
+            tree.members.pop(pid, None)
+        self.unsure.discard(pid)
+
+    def _attribute(self, pid: int, ppid: int, sid: int, start: int, depth: int = 0) -> Tree | None:
         if pid == self.self_pid:
             return None
-        parent = self.known.get(ppid)
-        if parent is not None and ppid != self.self_pid and parent[0] <= start:
-            return parent[1]
+        if ppid != self.self_pid and ppid > 0:
+            parent = self._current(ppid, depth)
+            if parent is not None and parent[0] <= start:
+                if parent[1] is None and ppid in self.unsure:
+                    self.unsure.add(pid)  # its own marker decides once it can be read
+                return parent[1]
         # a child of the agent that it did not register (an orphan re-parented to it), or an unknown parent
-        token = read_marker(pid)
+        readable, token = read_marker(pid)
         if token is not None and token in self.trees:
             return self.trees[token]
-        return self.by_session.get(sid)
+        tree = self.by_session.get(sid)
+        if tree is None and not readable:
+            self.unsure.add(pid)  # read it again at the next scans (it may have been in the middle of exec)
+        return tree
+
+    def _retry_unsure(self, live: set[int]) -> None:
+        for pid in list(self.unsure):
+            entry = self.known.get(pid)
+            if pid not in live or entry is None or entry[1] is not None:
+                self.unsure.discard(pid)
+                continue
+            readable, token = read_marker(pid)
+            if token is not None and token in self.trees:
+                tree = self.trees[token]
+                self.known[pid] = (entry[0], tree)
+                tree.members[pid] = entry[0]
+            if readable:
+                self.unsure.discard(pid)
 
     # -- signalling --
     def _live_members(self, tree: Tree) -> list[int]:

@@ -105,7 +105,7 @@ def test_kill_after_the_root_exited_ends_its_leftovers(client):
     tag = _tag()
     p = start(client, command="sh", args=["-c", f"setsid sleep {tag} & exit 0"])
     wait_for(lambda: client.get(f"/api/v1/processes/{p['pid']}").json()["status"] == "exited")
-    assert _running(tag)
+    wait_for(lambda: _running(tag), timeout=5)  # the background child may exec sleep after sh exited
     assert client.delete(f"/api/v1/processes/{p['pid']}").status_code == 204
     wait_for(lambda: not _running(tag), timeout=5)
 
@@ -255,10 +255,11 @@ def _exchange(agent, requests: list[tuple]) -> list[tuple[int, dict, bytes]]:
             hdrs = [("Host", "agent"), *headers]
             if body is not None:
                 hdrs.append(("Content-Length", str(len(body))))
-            s.sendall(conn.send(h11.Request(method=method, target=target, headers=hdrs)))
+            wire = conn.send(h11.Request(method=method, target=target, headers=hdrs))
             if body is not None:
-                s.sendall(conn.send(h11.Data(data=body)))
-            s.sendall(conn.send(h11.EndOfMessage()))
+                wire += conn.send(h11.Data(data=body))
+            wire += conn.send(h11.EndOfMessage())  # b"" without a body: the agent may have answered already
+            s.sendall(wire)
             status, resp_headers, data = 0, {}, b""
             while True:
                 ev = conn.next_event()
@@ -331,7 +332,11 @@ def test_head_then_start_runs_one_process(agent, client):
                             ("POST", "/api/v1/processes", [("Content-Type", "application/json")], body)])
     assert [r[0] for r in res] == [200, 201]
     procs = [p for p in client.get("/api/v1/processes").json()["processes"] if p["args"] == [tag]]
-    assert len(procs) == 1 and len(_running(tag)) == 1
+    assert len(procs) == 1, procs
+    # (a process answered as started may still be inside execve for a moment: its cmdline reads empty)
+    wait_for(lambda: len(_running(tag)) == 1, timeout=5)
+    time.sleep(0.3)
+    assert len(_running(tag)) == 1
     client.delete(f"/api/v1/processes/{procs[0]['pid']}")
 
 
