@@ -49,7 +49,12 @@ These variables are removed from the environment that child processes inherit.
 
 Behaviour notes
 ---------------
-* Processes run in their own session / process group. Signals and kills go to the whole group.
+* Processes run in their own session / process group. ``POST .../signal`` goes to the process group. Kill,
+  a ``run`` timeout, a managed process's stop (and a restart's end of the previous incarnation) and a PTY's
+  ``DELETE`` end the WHOLE process tree, however its members detached (setsid, double fork, new process group,
+  nohup, daemons), also what is left of it after the process itself exited: see process_tree. Every started
+  process gets ``TLE_PROCESS_TREE=<token>`` in its environment for that. A process started through the API
+  is its own tree.
 * Default working directory: the agent's own cwd (the image's WorkingDir).
 * PID 1 duties: one SIGCHLD handler reaps every child with ``waitpid(-1, WNOHANG)``; statuses of unknown pids
   (orphans reparented to PID 1) are just discarded. asyncio child watchers are never used.
@@ -72,12 +77,19 @@ Behaviour notes
 * Spawn failures: ``run`` streams one stderr line and an exit event with exit code 127 (126 for permission
   problems); ``POST /api/v1/processes`` answers ``400 SPAWN_FAILED``.
 * Files: paths must be absolute (``400 INVALID_PATH``); a ``..`` component is refused with
-  ``403 PATH_TRAVERSAL`` (as the real daemon does). Uploads stream into a temp file next to the target and are
-  renamed over it (atomic; mode and owner of a replaced file are kept; parents are created). ``DELETE`` of a
-  directory answers ``400 IS_DIRECTORY``. Listings are sorted by name; directories have ``size: null``; names
-  that are not valid UTF-8 are shown with U+FFFD.
+  ``403 PATH_TRAVERSAL`` (as the real daemon does). Uploads are written IN PLACE (inode, hard links, mode,
+  owner and bind mounts such as ``/etc/hosts`` are kept; parents are created) and only once the body arrived
+  whole: it is spooled into a nameless ``O_TMPFILE`` first, so a cut upload leaves the old file untouched and
+  nothing behind (see file_write). ``DELETE`` of a directory answers ``400 IS_DIRECTORY``. Errors a user can
+  cause are 4xx naming the path: ``IS_DIRECTORY``, ``NOT_A_DIRECTORY``, ``NAME_TOO_LONG``, ``SYMLINK_LOOP``,
+  ``INVALID_ARGUMENT``, ``NOT_A_FILE``, ``NOT_SUPPORTED`` (400); ``PERMISSION_DENIED``,
+  ``READ_ONLY_FILESYSTEM`` (403); ``NOT_FOUND`` (404); ``BUSY``, ``ALREADY_EXISTS`` (409); ``NO_SPACE``,
+  ``FILE_TOO_LARGE`` (413). Only what a user cannot cause (EIO, ...) is ``500 IO_ERROR``. Listings are
+  sorted by name; directories have ``size: null``; names that are not valid UTF-8 are shown with U+FFFD.
 * HTTP/1.1 with keep-alive; request bodies with ``Content-Length`` or ``Transfer-Encoding: chunked``;
-  ``Expect: 100-continue`` is honoured. Errors are ``{"error": "...", "code": "..."}``.
+  ``Expect: 100-continue`` is honoured. Errors are ``{"error": "...", "code": "..."}``. ``HEAD`` is answered
+  on every ``GET`` route (not the upgraded ones) with the head only; 204 has no body; see http_connection
+  for the framing rules (tests/agent check every kind of answer with h11).
 * On SIGTERM/SIGINT the agent SIGTERMs every process group, waits up to 3 s, SIGKILLs the rest and exits 0.
 
 PTY sessions and TCP tunnels
@@ -132,8 +144,10 @@ Modules
 ``process_table``   the table of entries, spawning, the single SIGCHLD reaper, shutdown of all processes
 ``spawning``        user, environment, working directory and pipes of a new process
 ``child_process``   one OS process: output pipes, exit status, stdin, signals
+``process_tree``    which tree every process belongs to; ending a tree
 ``supervision``     managed processes: restart policy, backoff, health checks
 ``file_api``        the ``/files`` handlers
+``file_write``      uploads: spooled whole, then written in place
 ``pty_api``         the ``/pty`` handlers and the session registry
 ``pty_session``     a process on a pseudo-terminal and its attached client
 ``tcp_tunnel``      the ``/tunnels/tcp`` handler: relay to a port inside the sandbox

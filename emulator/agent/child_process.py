@@ -16,6 +16,7 @@ from output_buffer import STDERR, STDOUT
 
 if TYPE_CHECKING:
     from process_table import Proc, ProcessTable
+    from process_tree import Tree
 
 PIPE_READ = 256 * 1024
 EXIT_DRAIN_GRACE = 0.25  # how long output is still awaited after the exit (a background job may hold the pipes)
@@ -59,6 +60,7 @@ class Child:
         self.grace_handle: asyncio.TimerHandle | None = None
         self.escalate_handle: asyncio.TimerHandle | None = None
         self.timeout_handle: asyncio.TimerHandle | None = None
+        self.tree: Tree | None = None  # everything this process spawns (process_tree), set once started
         for fd, s in out_fds.items():
             os.set_blocking(fd, False)
             self.open_fds[fd] = s
@@ -204,9 +206,7 @@ class Child:
         if self.timeout_handle is not None:
             self.timeout_handle.cancel()
             self.timeout_handle = None
-        if self.escalate_handle is not None:
-            self.escalate_handle.cancel()
-            self.escalate_handle = None
+        # a pending escalation (terminate) stays: it also ends what is left of the tree after the exit
         self.close_stdin()
         if not self.open_fds:
             self._finish()
@@ -238,7 +238,7 @@ class Child:
         self.timeout_handle = None
         if not self.reaped:
             self.timed_out = True
-            self.signal_group(signal.SIGKILL)
+            self.kill_tree(signal.SIGKILL)
 
     def signal_group(self, sig: int) -> bool:
         if sig == signal.SIGKILL:
@@ -260,18 +260,33 @@ class Child:
                 return False
         return False
 
+    def kill_tree(self, sig: int = signal.SIGKILL) -> bool:
+        """Send `sig` to the whole tree of this process, however its members detached (process_tree), also
+        after the process itself exited. -> whether anything was signalled."""
+        if sig == signal.SIGKILL:
+            self.kill_sent = True
+        if self.tree is None:
+            return self.signal_group(sig)
+        return self.table.trees.signal_tree(self.tree, sig) > 0
+
+    def tree_alive(self) -> bool:
+        if self.tree is None:
+            return not self.reaped
+        return self.table.trees.alive(self.tree)
+
     def terminate(self, grace: float) -> None:
-        """SIGTERM the group, SIGKILL it after `grace` seconds if the process is still there."""
-        if self.reaped:
+        """SIGTERM the tree, SIGKILL what is left of it after `grace` seconds (the exit of the process itself
+        does not cancel that: its descendants are ended with it)."""
+        if not self.tree_alive():
             return
-        self.signal_group(signal.SIGTERM)
+        self.kill_tree(signal.SIGTERM)
         if self.escalate_handle is None:
             self.escalate_handle = self.loop.call_later(grace, self._escalate)
 
     def _escalate(self) -> None:
         self.escalate_handle = None
-        if not self.reaped:
-            self.signal_group(signal.SIGKILL)
+        if self.tree_alive():
+            self.kill_tree(signal.SIGKILL)
 
     def close_stdin(self) -> None:
         fd = self.stdin_fd

@@ -18,6 +18,7 @@ from http_connection import MAX_HEAD, Connection
 from process_api import ProcessApi
 from process_spec import Spec
 from process_table import ProcessTable
+from process_tree import become_subreaper
 from pty_api import PtyApi
 from routing import Router
 
@@ -89,6 +90,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop_event.set)
         self.loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        become_subreaper()
         self.table.reap()
         sock_dir = os.path.dirname(self.socket_path)
         if sock_dir:

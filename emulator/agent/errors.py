@@ -49,3 +49,44 @@ def spawn_failure(e: Exception, command: str, cwd: str | None) -> SpawnError:
         code = 126 if e.errno in (errno.ENOEXEC, errno.EACCES, errno.EPERM, errno.EISDIR) else 127
         return SpawnError(f"sh: {command}: {e.strerror or str(e)}", code)
     return SpawnError(f"sh: {command}: {e}", 127)
+
+
+# errno -> (HTTP status, code) for file calls: every condition a user can cause is a 4xx naming the path and
+# the reason (issue 11); only what the user cannot cause (EIO, ENOMEM, ...) stays 500 IO_ERROR.
+_FILE_ERRNO = {
+    errno.ENOENT: (404, "NOT_FOUND"),
+    errno.EISDIR: (400, "IS_DIRECTORY"),
+    errno.ENOTDIR: (400, "NOT_A_DIRECTORY"),
+    errno.EACCES: (403, "PERMISSION_DENIED"),
+    errno.EPERM: (403, "PERMISSION_DENIED"),
+    errno.EROFS: (403, "READ_ONLY_FILESYSTEM"),
+    errno.ENOSPC: (413, "NO_SPACE"),
+    errno.EDQUOT: (413, "NO_SPACE"),
+    errno.EFBIG: (413, "FILE_TOO_LARGE"),
+    errno.EBUSY: (409, "BUSY"),
+    errno.ETXTBSY: (409, "BUSY"),
+    errno.EEXIST: (409, "ALREADY_EXISTS"),
+    errno.ENOTEMPTY: (409, "NOT_EMPTY"),
+    errno.EMLINK: (409, "TOO_MANY_LINKS"),
+    errno.ENAMETOOLONG: (400, "NAME_TOO_LONG"),
+    errno.ELOOP: (400, "SYMLINK_LOOP"),
+    errno.EINVAL: (400, "INVALID_ARGUMENT"),
+    errno.ENXIO: (400, "NOT_A_FILE"),
+    errno.ENODEV: (400, "NOT_A_FILE"),
+    errno.EOPNOTSUPP: (400, "NOT_SUPPORTED"),
+    errno.EXDEV: (400, "CROSS_DEVICE"),
+    errno.ESPIPE: (400, "NOT_SUPPORTED"),
+}
+_FILE_MESSAGES = {
+    "NOT_FOUND": "File not found",
+    "IS_DIRECTORY": "Path is a directory, not a file",
+    "NOT_A_DIRECTORY": "Not a directory (a component of the path is a file)",
+    "PERMISSION_DENIED": "Permission denied",
+}
+
+
+def file_error(e: OSError, path: str) -> HttpError:
+    """The answer to an OSError of a file call on `path`: ``{"error": "<reason>: <path>", "code": ...}``."""
+    status, code = _FILE_ERRNO.get(e.errno or 0, (500, "IO_ERROR"))
+    reason = _FILE_MESSAGES.get(code) or e.strerror or str(e)
+    return HttpError(status, code, f"{reason}: {path}")

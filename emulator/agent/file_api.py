@@ -1,4 +1,5 @@
-"""The ``/api/v1/files`` handlers: read, atomic write, delete and list, with the path rules of the real daemon."""
+"""The ``/api/v1/files`` handlers: read, in-place write (file_write), delete and list, with the path rules
+of the real daemon."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import asyncio
 import errno
 import os
 import stat
-import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from errors import HttpError, clean_text
+from errors import HttpError, clean_text, file_error
+from file_write import write_upload
 from http_request import IO_CHUNK
 
 if TYPE_CHECKING:
@@ -32,19 +33,7 @@ def _validate_path(req: Request) -> str:
 
 
 def _os_error(e: OSError, path: str) -> HttpError:
-    if isinstance(e, FileNotFoundError):
-        return HttpError(404, "NOT_FOUND", f"File not found: {path}")
-    if isinstance(e, IsADirectoryError):
-        return HttpError(400, "IS_DIRECTORY", f"Path is a directory, not a file: {path}")
-    if isinstance(e, NotADirectoryError):
-        return HttpError(
-            400, "NOT_A_DIRECTORY", f"Not a directory (a component of the path is a file): {path}"
-        )
-    if isinstance(e, PermissionError):
-        return HttpError(403, "PERMISSION_DENIED", f"Permission denied: {path}")
-    if e.errno == errno.ENOSPC:
-        return HttpError(500, "NO_SPACE", f"No space left on device: {path}")
-    return HttpError(500, "IO_ERROR", f"{e.strerror or str(e)}: {path}")
+    return file_error(e, path)
 
 
 class FileApi:
@@ -89,8 +78,7 @@ class FileApi:
                         conn.streaming = True
                         return
                     sent += len(data)
-                    conn.writer.write(data)
-                    await conn.writer.drain()
+                    await conn.write_body(data)
             else:
                 # /proc-style files (size 0) or special files: length unknown, stream chunked
                 await conn.start_chunked(200, "application/octet-stream")
@@ -104,99 +92,11 @@ class FileApi:
             os.close(fd)
 
     async def h_write_file(self, conn: Connection, req: Request) -> None:
+        """Write the body into the file in place, once the body is complete (see file_write)."""
         path = _validate_path(req)
         if path.endswith("/"):
             raise HttpError(400, "IS_DIRECTORY", f"Path is a directory, not a file: {path}")
-        loop = asyncio.get_running_loop()
-        umask = self.umask
-
-        def _prepare() -> tuple:
-            target = path
-            if os.path.islink(target):
-                target = os.path.realpath(target)
-            if os.path.isdir(target):
-                raise IsADirectoryError(errno.EISDIR, "is a directory")
-            parent = os.path.dirname(target) or "/"
-            default_owner = self.default_owner()
-            missing = []
-            d = parent
-            while d not in ("/", "") and not os.path.lexists(d):
-                missing.append(d)
-                d = os.path.dirname(d)
-            os.makedirs(parent, exist_ok=True)
-            if default_owner is not None:
-                for d in missing:
-                    try:
-                        os.chown(d, default_owner[0], default_owner[1])
-                    except OSError:
-                        pass
-            owner: tuple | None
-            try:
-                st = os.stat(target)
-                mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
-            except FileNotFoundError:
-                mode, owner = 0o666 & ~umask, default_owner
-            base = os.path.basename(target)[:40]
-            fd, tmp = tempfile.mkstemp(prefix=f".{base}.tle-upload-", dir=parent)
-            return target, fd, tmp, mode, owner
-
-        try:
-            target, fd, tmp, mode, owner = await loop.run_in_executor(None, _prepare)
-        except FileExistsError:
-            raise HttpError(
-                400, "NOT_A_DIRECTORY", f"Not a directory (a component of the path is a file): {path}"
-            ) from None
-        except OSError as e:
-            raise _os_error(e, path) from None
-
-        def _write_all(data: bytes) -> None:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-
-        def _finish():
-            os.fchmod(fd, mode)
-            if owner is not None and os.geteuid() == 0:
-                try:
-                    os.fchown(fd, owner[0], owner[1])
-                except OSError:
-                    pass
-            os.close(fd)
-            os.replace(tmp, target)
-
-        committed = False
-        closed = False
-        try:
-            pending = bytearray()
-            while True:
-                data = await req.body.read_chunk()
-                if data:
-                    pending += data
-                if pending and (len(pending) >= IO_CHUNK or not data):
-                    chunk = bytes(pending)
-                    pending.clear()
-                    await loop.run_in_executor(None, _write_all, chunk)
-                if not data:
-                    break
-            closed = True
-            await loop.run_in_executor(None, _finish)
-            committed = True
-        except OSError as e:
-            if isinstance(e, ConnectionError):
-                raise
-            raise _os_error(e, path) from None
-        finally:
-            if not committed:
-                if not closed:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+        await write_upload(req, path, self.umask, self.default_owner)
         await conn.send(204)
 
     async def h_delete_file(self, conn: Connection, req: Request) -> None:

@@ -1,5 +1,11 @@
 """One HTTP/1.1 connection on the agent's socket: the keep-alive request loop, and the response helpers
-(fixed-length, chunked and SSE answers, JSON errors) that handlers write with."""
+(fixed-length, chunked and SSE answers, JSON errors) that handlers write with.
+
+Framing rules kept here for every response (RFC 9112 section 6.3; the proxy's pooled connection depends on them,
+and tests/agent parse every kind of answer with h11): a response to ``HEAD`` carries the head only (the
+``Content-Length`` or ``Transfer-Encoding`` a ``GET`` would have, never a body byte); ``204`` has neither a
+body nor a ``Content-Length``; ``100 Continue`` is only sent before the final response; a body whose promised
+length cannot be met is cut by closing the connection, never padded or left for the next request."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from errors import HttpError
 from http_request import Body, Request
 
 MAX_HEAD = 64 * 1024
+NO_BODY_STATUSES = (204, 304)
 DRAIN_LEFTOVER_MAX = 4 * 1024 * 1024
 
 REASONS = {
@@ -36,6 +43,10 @@ REASONS = {
 }
 
 
+class ResponseComplete(Exception):
+    """Raised by the response helpers once the head of a response to HEAD is sent: the handler stops there."""
+
+
 class Connection:
     def __init__(
         self,
@@ -49,6 +60,7 @@ class Connection:
         self.started = False  # response head sent for the current request
         self.close_after = False
         self.streaming = False
+        self.head_only = False  # the current request is a HEAD: heads are sent, body bytes never
 
     # -- response helpers --
     def _head(self, status: int, headers: list) -> bytes:
@@ -60,12 +72,13 @@ class Connection:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     async def send(self, status: int, body: bytes = b"", content_type: str | None = None) -> None:
+        """A complete response with a fixed-length body (none for 204/304, head only for HEAD)."""
         headers = []
-        if status != 204:
+        if status not in NO_BODY_STATUSES:
             if content_type:
                 headers.append(("Content-Type", content_type))
             headers.append(("Content-Length", str(len(body))))
-        else:
+        if status in NO_BODY_STATUSES or self.head_only:
             body = b""
         self.started = True
         self.writer.write(self._head(status, headers) + body)
@@ -78,18 +91,32 @@ class Connection:
         await self.json(status, {"error": message, "code": code})
 
     async def start_fixed(self, status: int, content_type: str, length: int) -> None:
+        """The head of a response whose body of `length` bytes follows with write_body().
+
+        Raises ResponseComplete for a HEAD request (the head is all it gets)."""
         self.started = True
         head = self._head(status, [("Content-Type", content_type), ("Content-Length", str(length))])
         self.writer.write(head)
+        if self.head_only:
+            await self.writer.drain()
+            raise ResponseComplete
+
+    async def write_body(self, data: bytes) -> None:
+        """Body bytes of a response started with start_fixed()."""
+        self.writer.write(data)
+        await self.writer.drain()
 
     async def start_chunked(self, status: int, content_type: str, extra: list | None = None) -> None:
+        """The head of a chunked response; raises ResponseComplete for a HEAD request."""
         self.started = True
-        self.streaming = True
         headers = [("Content-Type", content_type), ("Transfer-Encoding", "chunked")]
         if extra:
             headers.extend(extra)
         self.writer.write(self._head(status, headers))
         await self.writer.drain()
+        if self.head_only:
+            raise ResponseComplete
+        self.streaming = True
 
     async def chunk(self, data: bytes) -> None:
         if data:
@@ -118,6 +145,7 @@ class Connection:
                     return
                 self.started = False
                 self.streaming = False
+                self.head_only = False
                 req = self._parse_head(head)
                 if req is None:
                     self.close_after = True
@@ -190,8 +218,11 @@ class Connection:
         return Request(method.upper(), target, version, headers, Body(self, length, chunked, expect))
 
     async def _handle(self, req: Request) -> None:
+        self.head_only = req.method == "HEAD"
         try:
             await self.dispatch(self, req)
+        except ResponseComplete:
+            pass
         except HttpError as e:
             if not self.started:
                 await self.error(e.status, e.code, e.message)

@@ -86,8 +86,8 @@ class ProcessApi:
         if proc.managed is not None:
             proc.managed.stop()
         else:
-            # also reaches what is left of the group after the leader exited
-            proc.current.signal_group(signal.SIGKILL)
+            # the whole tree, however it detached, also what is left of it after the process exited
+            proc.current.kill_tree(signal.SIGKILL)
         await conn.send(204)
 
     async def h_restart(self, conn: Connection, proc: Proc) -> None:
@@ -95,8 +95,7 @@ class ProcessApi:
             await proc.managed.restart_now()
             return await conn.json(200, proc.info())
         old = proc.current
-        if not old.reaped:
-            old.signal_group(signal.SIGKILL)
+        old.kill_tree(signal.SIGKILL)
         try:
             new = self.table.start_entry(proc.spec, None)
         except SpawnError as e:

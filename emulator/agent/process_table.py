@@ -17,6 +17,7 @@ from child_process import Child, read_oom_kills
 from errors import HttpError, SpawnError
 from output_buffer import OutputBuffer
 from process_spec import Spec
+from process_tree import MARKER, TreeTracker
 from spawning import launch_settings, resolve_user, start_piped
 from supervision import Managed
 
@@ -30,6 +31,7 @@ AGENT_ENV_VARS = (
     "TLE_OUTPUT_LIMIT_BYTES",
     "TLE_MAX_FINISHED_PROCESSES",
     "TLE_DEFAULT_USER",
+    MARKER,
 )
 
 
@@ -102,9 +104,20 @@ class ProcessTable:
         self.base_env = {k: v for k, v in os.environ.items() if k not in AGENT_ENV_VARS}
         self.default_user = os.environ.get("TLE_DEFAULT_USER") or None
         self.dropped_finished = 0
+        self.trees = TreeTracker(loop)
 
     # -- reaping --
     def reap(self) -> None:
+        """Reap every exited child (SIGCHLD); then note the process trees' changes (orphans re-parented)."""
+        try:
+            self._reap_all()
+        finally:
+            try:
+                self.trees.scan()
+            except Exception:
+                log(f"process tree scan failed:\n{traceback.format_exc()}")
+
+    def _reap_all(self) -> None:
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -125,8 +138,11 @@ class ProcessTable:
     def spawn(self, proc: Proc) -> Child:
         spec = proc.spec
         env, cwd, user_kwargs = launch_settings(spec, self.base_env, self.default_user)
+        token = self.trees.new_token()
+        env[MARKER] = token  # inherited by every descendant: the second signal of tree membership
         popen, out_fds, stdin_parent = start_piped(spec, env, cwd, user_kwargs)
         child = Child(self, proc, popen, out_fds, stdin_parent, spec.timeout)
+        child.tree = self.trees.register(token, child.pid)
         self.children[child.pid] = child
         old = proc.child
         if old is not None and self.by_pid.get(old.pid) is proc:

@@ -19,6 +19,7 @@ from agent_log import now_ms
 from child_process import EXIT_DRAIN_GRACE
 from errors import spawn_failure
 from frame_protocol import FRAME_BINARY, FrameStream
+from process_tree import MARKER, Tree
 from spawning import launch_settings
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class PtySession:
         self.drain_task: asyncio.Task | None = None
         self.input_wait: asyncio.Future | None = None
         self.input_lock = asyncio.Lock()
+        self.tree: Tree | None = None
 
     # -- start --
     def start(self) -> None:
@@ -87,6 +89,8 @@ class PtySession:
         env, cwd, user_kwargs = launch_settings(
             spec, self.table.base_env, self.table.default_user, {"TERM": "xterm-256color"}
         )
+        token = self.table.trees.new_token()
+        env[MARKER] = token  # its own process tree (process_tree), ended whole by DELETE
         master, slave = os.openpty()
         try:
             fcntl.ioctl(slave, termios.TIOCSWINSZ, _winsize(self.rows, self.cols))
@@ -120,6 +124,7 @@ class PtySession:
         self.master = master
         self.popen = popen
         self.pid = popen.pid
+        self.tree = self.table.trees.register(token, self.pid)
         self.table.children[self.pid] = self
         self._flow()
 
@@ -360,7 +365,9 @@ class PtySession:
             self.client.close(1001, "session terminated")
             self.client = None
             self.ready = False
-        if not self.reaped:
+        if self.tree is not None:
+            self.table.trees.signal_tree(self.tree, signal.SIGKILL)  # however its members detached
+        elif not self.reaped:
             self.signal_group(signal.SIGKILL)
         self._close_master()
         self.pending.clear()

@@ -35,7 +35,8 @@ class Router:
         if len(segs) < 3 or segs[0] != "api" or segs[1] != "v1":
             raise HttpError(404, "NOT_FOUND", f"No route for {req.method} {req.raw_path}")
         rest = segs[2:]
-        m = req.method
+        # HEAD is answered as GET without the body (the Connection sends heads only); an upgrade cannot be HEAD
+        m = "GET" if req.method == "HEAD" else req.method
         head = rest[0]
         n = len(rest)
 
@@ -44,7 +45,7 @@ class Router:
                 raise HttpError(
                     405,
                     "METHOD_NOT_ALLOWED",
-                    "Method {} not allowed on {} (allowed: {})".format(m, path, ", ".join(methods)),
+                    "Method {} not allowed on {} (allowed: {})".format(req.method, path, ", ".join(methods)),
                 )
 
         if head == "health" and n == 1:
@@ -114,11 +115,19 @@ class Router:
                 return await self.ptys.h_pty_delete(conn, session)
             if n == 3 and rest[2] == "ws":
                 allow("GET")
+                _no_head(req, path)
                 return await self.ptys.h_pty_attach(conn, req, session)
             if n == 3 and rest[2] == "resize":
                 allow("POST")
                 return await self.ptys.h_pty_resize(conn, req, session)
         if head == "tunnels" and n == 2 and rest[1] == "tcp":
             allow("GET")
+            _no_head(req, path)
             return await h_tunnel(conn, req)
         raise HttpError(404, "NOT_FOUND", f"No route for {req.method} {req.raw_path}")
+
+
+def _no_head(req: Request, path: str) -> None:
+    """Upgraded routes (PTY, tunnels) answer GET only: a HEAD cannot switch protocols."""
+    if req.method == "HEAD":
+        raise HttpError(405, "METHOD_NOT_ALLOWED", f"Method HEAD not allowed on {path} (allowed: GET)")

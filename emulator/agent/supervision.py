@@ -130,6 +130,9 @@ class Managed:
             return
         self.restart_count += 1
         self.auto_restarts += 1
+        old = self.proc.child
+        if old is not None:
+            old.kill_tree()  # leftovers of the previous incarnation do not outlive it
         try:
             self.table.spawn(self.proc)
         except SpawnError as e:
@@ -175,8 +178,11 @@ class Managed:
         self.next_restart_at = None
         if child is not None and not child.reaped:
             child.terminate(MANAGED_STOP_GRACE)
-        elif child is None or child.finished:
-            self._stopped()
+        else:
+            if child is not None:
+                child.kill_tree()  # what the exited incarnation left behind (the root is gone: no grace)
+            if child is None or child.finished:
+                self._stopped()
 
     async def _health_loop(self, child: Child) -> None:
         hc = self.health_check

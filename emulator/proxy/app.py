@@ -2,6 +2,12 @@
 
 A raw ASGI app rather than a framework: request and response bodies are streamed chunk by chunk
 in both directions, so a 50 MB upload or an endless follow stream never sits in memory.
+
+Framing (issue 9): a request body the client did not finish is never ended as if complete upstream: the
+upstream request is aborted, so the agent sees an incomplete body and writes nothing. An agent answer cut
+in the middle is cut for the client too. A 503 (which the SDK retries) is only answered when the request
+provably never left the proxy; once it may have reached the agent, a failure is a 500
+``SANDBOX_CONNECTION_LOST``, which the SDK does not retry, so nothing runs twice.
 """
 
 from __future__ import annotations
@@ -91,12 +97,30 @@ class ProxyApp:
             content=_request_body(receive) if has_body else None,
         )
         try:
-            response = await client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            try:
+                response = await client.send(request, stream=True)
+            except RuntimeError as exc:
+                if client.is_closed:  # the pool was closed for a suspend meanwhile: nothing was sent
+                    raise _ClientClosed(str(exc)) from exc
+                raise
+        except ClientGone:
+            # The client's body was cut: the upstream request was aborted (its connection closed before
+            # the body's end), so the agent saw an incomplete body and acted on nothing. Nobody to answer.
+            log.info("client of %s left in the middle of its request body", sandbox_id)
+            return
+        except (*_NOTHING_SENT, _ClientClosed) as exc:
             log.info("agent of %s unreachable: %s", sandbox_id, exc)
             err = (await self.manager.agent_unreachable(sandbox_id, type(exc).__name__)
                    or SandboxNotReady(f"Sandbox {sandbox_id} is not answering yet: {type(exc).__name__}"))
             await _send_error(send, err.status, err.message, err.code)
+            return
+        except httpx.HTTPError as exc:
+            # The request may have reached the agent and been carried out: answer a status the SDK does
+            # not retry (PROTOCOL.md 3.3), so nothing runs twice.
+            log.warning("request to the agent of %s failed after it was sent: %r", sandbox_id, exc)
+            await _send_error(send, 500, f"The connection to sandbox {sandbox_id} broke before its answer "
+                              f"({type(exc).__name__}); the request may have been carried out",
+                              "SANDBOX_CONNECTION_LOST")
             return
         started = False
         try:
@@ -126,11 +150,27 @@ class ProxyApp:
             return False
 
 
+# Failures where the request provably never left the proxy: a 503 there means "nothing happened", which is
+# what makes the SDK's retry safe.
+_NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class _ClientClosed(Exception):
+    """The sandbox's connection pool was closed (before a CRIU dump) between routing and sending."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before the end of its request body."""
+
+
 async def _request_body(receive: Any) -> AsyncIterator[bytes]:
+    """The client's body, chunk by chunk. A body the client did not finish raises ClientGone rather than
+    ending: ending would make httpx close the upstream body as complete (a final chunk, or a short
+    Content-Length body), and the agent would act on the truncated part."""
     while True:
         msg = await receive()
         if msg["type"] == "http.disconnect":
-            return
+            raise ClientGone
         body = msg.get("body", b"")
         if body:
             yield body
