@@ -167,6 +167,22 @@ def test_dns_resolver_allowed_only_with_internet_access(emulator: EmulatorProces
         assert all(f"-d {s}/32 -j REJECT" in rules for s in servers if ":" not in s), rules
 
 
+def test_entrypoint_starts_after_the_rules(emulator: EmulatorProcess, testnet: EgressNet) -> None:
+    """The image's entrypoint is under the rules from its very first connect (EHOSTUNREACH from the
+    sandbox's own REJECT rule, at once). The rules are applied within milliseconds of the start, so
+    this rarely fails without the gate either; tests/agent checks the gate's ordering itself."""
+    script = ("import socket, time; s = socket.socket(); s.settimeout(4)\n"
+              f"try:\n    s.connect(({testnet.a!r}, 8080)); r = 'open'\nexcept OSError as e:\n    r = str(e.errno)\n"
+              "open('/tmp/first.txt', 'w').write(r)\ntime.sleep(600)\n")
+    with Sandbox.create(memory_mb=256, request_timeout=T, allow_internet_access=False,
+                        entrypoint=["python3", "-c", script]) as sb:
+        deadline = time.monotonic() + 15
+        while (res := sb.run("cat", ["/tmp/first.txt"])).exit_code != 0:
+            assert time.monotonic() < deadline, "the entrypoint did not run"
+            time.sleep(0.2)
+        assert res.stdout == "113", res.stdout  # EHOSTUNREACH: the REJECT rule was already there
+
+
 def test_sandbox_cannot_change_its_rules(emulator: EmulatorProcess, testnet: EgressNet) -> None:
     """No process in the sandbox holds CAP_NET_ADMIN, nor can gain it (not in the bounding set)."""
     with Sandbox.create(memory_mb=256, request_timeout=T, allow_internet_access=False) as sb:

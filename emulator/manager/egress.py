@@ -16,6 +16,7 @@ import socket
 from typing import Any
 
 from emulator.backend import egress as rules_backend
+from emulator.backend.base import AGENT_DIR_IN_SANDBOX
 from emulator.backend.egress import EgressRules, Network
 from emulator.errors import BadRequest, EmulatorError, NotSupported
 from emulator.manager.context import ManagerContext
@@ -24,6 +25,7 @@ from emulator.model.states import SandboxStatus
 
 log = logging.getLogger(__name__)
 RESOLVE_TIMEOUT = 10.0  # seconds for all the host names of one policy
+GATE_FILE = "egress-ready"  # in the sandbox's run folder (mounted at AGENT_DIR_IN_SANDBOX)
 
 
 def restricted(policy: dict[str, Any] | None) -> bool:
@@ -106,6 +108,20 @@ async def enforce(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any
     await rules_backend.apply(pid, rules)
     log.info("sandbox %s: egress policy applied (%s)", rec.id, "unrestricted" if rules.unrestricted else
              f"internet={rules.allow_internet_access} allow={len(rules.allow)} deny={len(rules.deny)}")
+
+
+def entrypoint_gate(rec: SandboxRecord) -> dict[str, str]:
+    """Agent environment that holds the image's entrypoint until the rules are in force (a restricted
+    policy with an entrypoint), else nothing. The agent itself sends no traffic."""
+    if rec.entrypoint and restricted(rec.network_policy):
+        return {"TLE_ENTRYPOINT_GATE": f"{AGENT_DIR_IN_SANDBOX}/{GATE_FILE}"}
+    return {}
+
+
+def open_gate(ctx: ManagerContext, rec: SandboxRecord) -> None:
+    """Let the agent start the entrypoint: the rules of a fresh container are in force."""
+    if entrypoint_gate(rec):
+        (ctx.run_dirs.path(rec.id) / GATE_FILE).touch()
 
 
 async def update(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any] | None) -> None:

@@ -26,7 +26,7 @@ def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> Conta
         # by rules in it (manager/egress.py), so `update` can open or close it on a running sandbox.
         network=True,
         agent_dir=ctx.run_dirs.make(rec.id), agent_code=AGENT_CODE, entrypoint=rec.entrypoint,
-        env={"TLE_OUTPUT_LIMIT_BYTES": str(ctx.settings.agent_output_limit)},
+        env={"TLE_OUTPUT_LIMIT_BYTES": str(ctx.settings.agent_output_limit), **egress.entrypoint_gate(rec)},
         labels={LABEL_NAMESPACE: rec.namespace, **({LABEL_SESSION: rec.session_label}
                                                    if rec.session_label else {})},
     )
@@ -54,6 +54,7 @@ async def launch(ctx: ManagerContext, rec: SandboxRecord, snap: SnapshotRecord |
                 await ctx.backend.remove(rec.container_id)
                 return
             await egress.enforce(ctx, rec, fresh=True)  # before the sandbox is reported running
+            egress.open_gate(ctx, rec)
             await ctx.table.save(rec)
             if not await ctx.agents.wait_healthy(ctx.run_dirs.endpoint(rec), ctx.settings.startup_timeout):
                 raise EmulatorError(f"the sandbox agent did not answer within {ctx.settings.startup_timeout}s "
