@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import json
 import shutil
 import subprocess
@@ -294,3 +295,23 @@ def test_rules_reapplied_after_emulator_restart(testnet: EgressNet) -> None:
     finally:
         (second or first).stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_host_without_iptables(tmp_path: Path) -> None:
+    """Where iptables is missing: "no internet" still works (a container with no network at all, as
+    before rules existed); a policy that needs rules, or a change of policy, is a clear 400."""
+    path = ":".join(p for p in os.environ["PATH"].split(":") if not p.rstrip("/").endswith("sbin"))
+    emu = EmulatorProcess(data_dir=tmp_path, extra_env={"PATH": path, "TLE_CHECKPOINT": "off",
+                                                        "TLE_TERMINATE_ON_EXIT": "1"}).start()
+    api = emu.api_url
+    try:
+        with Sandbox.create(allow_internet_access=False, memory_mb=256, request_timeout=T, api_url=api) as sb:
+            assert "eth0" not in sb.run("cat", ["/proc/net/dev"]).stdout
+            with pytest.raises(RemoteAPIError) as err:
+                sb.update(network=NetworkConfig(allow_out=["10.0.0.1"]))
+            assert err.value.status_code == 400 and "iptables" in str(err.value)
+        with pytest.raises(RemoteAPIError) as err:
+            Sandbox.create(deny_out=["10.0.0.1"], memory_mb=256, request_timeout=T, api_url=api)
+        assert err.value.status_code == 400 and "iptables" in str(err.value)
+    finally:
+        emu.stop()

@@ -36,10 +36,22 @@ def restricted(policy: dict[str, Any] | None) -> bool:
             or bool(policy.get("deny_out")))
 
 
+def offline_only(policy: dict[str, Any] | None) -> bool:
+    """True for "no internet and nothing allowed" (a container with no network gives exactly that)."""
+    return policy is not None and policy.get("allow_internet_access") is False and not policy.get("allow_out")
+
+
+def needs_interface(policy: dict[str, Any] | None) -> bool:
+    """Whether the sandbox's container gets a network interface. Always, where rules can be written
+    (so `update` can open a closed sandbox); without iptables an offline-only policy falls back to a
+    container with no network at all, as before rules existed."""
+    return not (offline_only(policy) and rules_backend.tools_missing())
+
+
 def check_host(policy: dict[str, Any] | None) -> None:
     """Raises NotSupported when the policy limits egress and this host cannot enforce it."""
     missing = rules_backend.tools_missing()
-    if restricted(policy) and missing:
+    if restricted(policy) and missing and not offline_only(policy):
         raise NotSupported(f"network egress rules need {', '.join(missing)} on the host "
                            "(emulator/setup/host-setup.sh installs iptables)")
 
@@ -98,6 +110,8 @@ async def enforce(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any
     policy = rec.network_policy if policy is None else policy
     if not restricted(policy) and (fresh or rules_backend.tools_missing()):
         return  # nothing to undo: a new namespace, or a host where no rules could have been written
+    if fresh and not needs_interface(policy):
+        return  # the container has no network at all
     check_host(policy)
     if not rec.container_id:
         raise EmulatorError(f"sandbox {rec.id} has no container to apply its network policy to")
@@ -128,7 +142,10 @@ async def update(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any]
     """`update(network=...)`: check the new policy (names resolve), put it in force when the sandbox
     runs, then record it. A suspended sandbox gets it at resume. Raises as `enforce`; on any error
     the previous policy stays recorded and enforced."""
-    check_host(policy)
+    missing = rules_backend.tools_missing()
+    if missing and (restricted(policy) or restricted(rec.network_policy)):
+        raise NotSupported(f"changing a sandbox's network policy needs {', '.join(missing)} on the host "
+                           "(emulator/setup/host-setup.sh installs iptables)")
     await resolve(policy)  # an unresolvable name is refused before anything changes
     async with ctx.table.lock(rec.id):
         if rec.status == SandboxStatus.running and rec.container_id:
@@ -138,6 +155,8 @@ async def update(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any]
 
 async def reapply_running(ctx: ManagerContext) -> None:
     """At start-up: the policy of every running sandbox again (names re-resolved); failures logged."""
+    if rules_backend.tools_missing():
+        return  # no rules were written by this host
     for rec in list(ctx.table):
         if rec.status == SandboxStatus.running and rec.network_policy is not None:
             try:

@@ -22,9 +22,9 @@ def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> Conta
     return ContainerSpec(
         sandbox_id=rec.id, image=image, cpus=rec.cpus, memory_mb=rec.memory_mb,
         pids_limit=ctx.settings.pids_limit,
-        # Always a network namespace with an interface: the policy (even "no internet") is enforced
-        # by rules in it (manager/egress.py), so `update` can open or close it on a running sandbox.
-        network=True,
+        # A network interface even for "no internet": the policy is enforced by rules in the sandbox's
+        # namespace (manager/egress.py), so `update` can open or close it on a running sandbox.
+        network=egress.needs_interface(rec.network_policy),
         agent_dir=ctx.run_dirs.make(rec.id), agent_code=AGENT_CODE, entrypoint=rec.entrypoint,
         env={"TLE_OUTPUT_LIMIT_BYTES": str(ctx.settings.agent_output_limit), **egress.entrypoint_gate(rec)},
         labels={LABEL_NAMESPACE: rec.namespace, **({LABEL_SESSION: rec.session_label}
