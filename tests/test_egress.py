@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import json
+import os
 import shutil
 import subprocess
 import tempfile
