@@ -100,12 +100,13 @@ async def resolve(policy: dict[str, Any] | None, resolvers: tuple[Network, ...] 
 
 
 async def enforce(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any] | None = None,
-                  fresh: bool = False) -> None:
+                  fresh: bool = False, strict: bool = False) -> None:
     """Put `policy` (default: the record's) in force in the sandbox's running container.
 
     `fresh`: the namespace was just made (start, resume, restore), so an unrestricted policy needs
-    no work. Raises BadRequest (a name does not resolve), NotSupported, EmulatorError (no running
-    container, or iptables refused; the previous rules then stay).
+    no work. A host name that does not resolve raises BadRequest when `strict` (update), else all
+    egress is blocked. Raises NotSupported, EmulatorError (no running container, or iptables
+    refused; the previous rules then stay).
     """
     policy = rec.network_policy if policy is None else policy
     if not restricted(policy) and (fresh or rules_backend.tools_missing()):
@@ -118,7 +119,16 @@ async def enforce(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any
     pid = await ctx.backend.init_pid(rec.container_id)
     if pid is None:
         raise EmulatorError(f"sandbox {rec.id}'s container is not running; its network policy was not applied")
-    rules = await resolve(policy, rules_backend.resolvers_of(pid))
+    resolvers = rules_backend.resolvers_of(pid)
+    try:
+        rules = await resolve(policy, resolvers)
+    except BadRequest as exc:
+        if strict:
+            raise
+        # A name that resolved before does not now (resume, restart): fail closed rather than leave
+        # the sandbox open or its container running behind a record that says otherwise.
+        log.warning("sandbox %s: %s; all egress blocked until its policy is updated", rec.id, exc.message)
+        rules = EgressRules(allow_internet_access=False, resolvers=resolvers)
     await rules_backend.apply(pid, rules)
     log.info("sandbox %s: egress policy applied (%s)", rec.id, "unrestricted" if rules.unrestricted else
              f"internet={rules.allow_internet_access} allow={len(rules.allow)} deny={len(rules.deny)}")
@@ -149,7 +159,7 @@ async def update(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any]
     await resolve(policy)  # an unresolvable name is refused before anything changes
     async with ctx.table.lock(rec.id):
         if rec.status == SandboxStatus.running and rec.container_id:
-            await enforce(ctx, rec, policy or {})
+            await enforce(ctx, rec, policy or {}, strict=True)
         rec.network_policy = policy
 
 
@@ -161,5 +171,6 @@ async def reapply_running(ctx: ManagerContext) -> None:
         if rec.status == SandboxStatus.running and rec.network_policy is not None:
             try:
                 await enforce(ctx, rec)
+                open_gate(ctx, rec)  # a launch cut off by the restart may have left its entrypoint waiting
             except EmulatorError as exc:
                 log.warning("sandbox %s: could not re-apply its network policy: %s", rec.id, exc.message)
