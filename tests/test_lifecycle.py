@@ -110,8 +110,12 @@ def test_update_rename_ports_and_live_resize(emulator: EmulatorProcess) -> None:
 
 def test_no_network(emulator: EmulatorProcess) -> None:
     with Sandbox.create(allow_internet_access=False, request_timeout=T) as sb:
-        out = sb.run("cat", ["/proc/net/dev"]).stdout
-        assert "eth0" not in out
+        # Egress is closed by rules in the sandbox's namespace (tests/test_egress.py probes them).
+        pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", f"tle-{sb.sandbox_id}"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        rules = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "iptables", "-S", "OUTPUT"],
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+        assert rules[-1] == "-A OUTPUT -j REJECT --reject-with icmp-admin-prohibited", rules
         assert sb.info().network_policy is not None
 
 

@@ -24,6 +24,7 @@ from routing import Router
 
 VERSION = "0.1.0-tle-emulator"
 SHUTDOWN_GRACE = 3.0
+GATE_TIMEOUT = 120.0  # seconds the entrypoint waits for the emulator's egress rules
 
 
 class Agent:
@@ -62,6 +63,19 @@ class Agent:
         finally:
             if task is not None:
                 self.connections.discard(task)
+
+    async def _entrypoint_after_gate(self) -> None:
+        # TLE_ENTRYPOINT_GATE names a file the emulator creates once the sandbox's egress rules are
+        # in force: the image's own code must not run with the network open before that.
+        gate = os.environ.get("TLE_ENTRYPOINT_GATE")
+        if gate and os.environ.get("TLE_ENTRYPOINT"):
+            deadline = time.monotonic() + GATE_TIMEOUT
+            while not os.path.exists(gate):  # noqa: ASYNC240 (one stat of a local bind mount)
+                if time.monotonic() > deadline:
+                    log(f"entrypoint not started: {gate} did not appear within {GATE_TIMEOUT:.0f}s")
+                    return
+                await asyncio.sleep(0.02)
+        self._start_entrypoint()
 
     def _start_entrypoint(self) -> None:
         raw = os.environ.get("TLE_ENTRYPOINT")
@@ -107,8 +121,9 @@ class Agent:
         )
         os.chmod(self.socket_path, 0o600)
         log(f"listening on {self.socket_path} (pid {os.getpid()}, output limit {self.output_limit} bytes)")
-        self._start_entrypoint()
+        gate_task = asyncio.ensure_future(self._entrypoint_after_gate())
         await self.stop_event.wait()
+        gate_task.cancel()
         await self.shutdown()
 
     def _loop_exception(self, loop, context) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from emulator.backend.base import LABEL_NAMESPACE, LABEL_SESSION, ContainerSpec
 from emulator.errors import EmulatorError
+from emulator.manager import egress
 from emulator.manager.context import ManagerContext
 from emulator.model.records import SandboxRecord, SnapshotRecord
 from emulator.model.states import SandboxStatus
@@ -18,13 +19,14 @@ AGENT_CODE = Path(__file__).resolve().parent.parent / "agent"  # the agent packa
 
 def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> ContainerSpec:
     """The container a sandbox record asks for (its run folder is made here)."""
-    net = rec.network_policy
     return ContainerSpec(
         sandbox_id=rec.id, image=image, cpus=rec.cpus, memory_mb=rec.memory_mb,
         pids_limit=ctx.settings.pids_limit,
-        network=not (net is not None and net.get("allow_internet_access") is False),
+        # A network interface even for "no internet": the policy is enforced by rules in the sandbox's
+        # namespace (manager/egress.py), so `update` can open or close it on a running sandbox.
+        network=egress.needs_interface(rec.network_policy),
         agent_dir=ctx.run_dirs.make(rec.id), agent_code=AGENT_CODE, entrypoint=rec.entrypoint,
-        env={"TLE_OUTPUT_LIMIT_BYTES": str(ctx.settings.agent_output_limit)},
+        env={"TLE_OUTPUT_LIMIT_BYTES": str(ctx.settings.agent_output_limit), **egress.entrypoint_gate(rec)},
         labels={LABEL_NAMESPACE: rec.namespace, **({LABEL_SESSION: rec.session_label}
                                                    if rec.session_label else {})},
     )
@@ -51,6 +53,8 @@ async def launch(ctx: ManagerContext, rec: SandboxRecord, snap: SnapshotRecord |
                 # Terminated (cancelled) while the container was being made: do not leak it.
                 await ctx.backend.remove(rec.container_id)
                 return
+            await egress.enforce(ctx, rec, fresh=True)  # before the sandbox is reported running
+            egress.open_gate(ctx, rec)
             await ctx.table.save(rec)
             if not await ctx.agents.wait_healthy(ctx.run_dirs.endpoint(rec), ctx.settings.startup_timeout):
                 raise EmulatorError(f"the sandbox agent did not answer within {ctx.settings.startup_timeout}s "

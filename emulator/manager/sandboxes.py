@@ -28,7 +28,7 @@ from emulator.errors import (
     SandboxNotReady,
     SandboxNotRunning,
 )
-from emulator.manager import reaper, suspension, watch
+from emulator.manager import egress, reaper, suspension, watch
 from emulator.manager.context import ManagerContext
 from emulator.manager.launch import launch
 from emulator.manager.reconcile import reconcile
@@ -74,6 +74,7 @@ class SandboxManager:
         ctx.engine = await ctx.backend.info()
         ctx.table.load(await asyncio.to_thread(ctx.table.store.load_sandboxes))
         await reconcile(ctx)
+        await egress.reapply_running(ctx)
         if reap:
             self._reaper = asyncio.create_task(reaper.reap_forever(ctx, self._clock), name="timeout-reaper")
             self._watch = asyncio.create_task(watch.watch_exits(ctx), name="exit-watch")
@@ -130,6 +131,8 @@ class SandboxManager:
         if spec.timeout_secs is not None and spec.timeout_secs < 0:
             raise BadRequest(f"timeout_secs must be >= 0; got {spec.timeout_secs}")
         self._check_resources(spec.cpus, spec.memory_mb)
+        egress.check_host(spec.network_policy)
+        await egress.resolve(spec.network_policy)  # an unresolvable host name is a 400 now, not a failed launch
         snap: SnapshotRecord | None = None
         base = SandboxOptions(disk_mb=self.settings.default_disk_mb)
         image = spec.image or self.settings.default_image
@@ -173,13 +176,12 @@ class SandboxManager:
             self._ctx.table.check_name(rec.namespace, name, exclude=rec.id)
         if changes.get("auto_resume") is False and not (changes.get("name") or rec.name):
             raise BadRequest("auto_resume=false requires a named sandbox")
+        if "network" in changes:
+            # Enforced first: a policy that cannot be put in force changes nothing at all.
+            await egress.update(self._ctx, rec, changes["network"])
         for key in ("name", "auto_resume", "exposed_ports", "allow_unauthenticated_access"):
             if key in changes and changes[key] is not None:
                 setattr(rec, key, changes[key])
-        if "network" in changes:
-            # Docker cannot change a running container's network mode, so only the policy on record
-            # changes; it takes effect for snapshots and restores made from now on.
-            rec.network_policy = changes["network"]
         await self._ctx.table.save(rec)
         return rec
 

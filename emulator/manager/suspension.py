@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from emulator.errors import EmulatorError, EphemeralSandbox, InvalidState
+from emulator.manager import egress
 from emulator.manager.context import ManagerContext
 from emulator.model.records import SandboxRecord, SnapshotRecord
 from emulator.model.states import SandboxStatus
@@ -77,6 +78,7 @@ async def _do_resume(ctx: ManagerContext, rec: SandboxRecord) -> None:
             # The agent's listening socket is re-created by the restore; a stale entry is in the way.
             ctx.run_dirs.clear_socket(rec.id)
             await ctx.checkpoints.resume(rec)
+            await egress.enforce(ctx, rec, fresh=True)  # the restore made a new, empty network namespace
             if not await ctx.agents.wait_healthy(ctx.run_dirs.endpoint(rec), 15):
                 raise EmulatorError("the agent did not answer after the restore")
         except EmulatorError as exc:

@@ -72,6 +72,15 @@ if [ "$(docker version --format '{{.Server.Experimental}}' 2>/dev/null)" != "tru
   say "docker: WARNING the running engine has no --experimental; docker checkpoint will be unavailable"
 fi
 
+# ---- 1b. egress rules: iptables and nsenter write each sandbox's allow/deny rules -------------
+# (emulator/backend/egress.py; without them a create with a network policy answers "not supported")
+if command -v iptables-restore >/dev/null && command -v ip6tables-restore >/dev/null && command -v nsenter >/dev/null; then
+  say "egress: iptables and nsenter present"
+else
+  say "egress: installing iptables and util-linux"
+  apt_install iptables util-linux
+fi
+
 # ---- 2. CRIU (in the background: its debootstrap overlaps the image's) --------------------------
 # Both stages need debootstrap; install it here so two apt-gets never race for the dpkg lock.
 command -v debootstrap >/dev/null || { say "debootstrap: installing"; apt_install debootstrap; }

@@ -982,6 +982,25 @@ def test_entrypoint_started_at_boot():
         a.stop()
 
 
+def test_entrypoint_waits_for_its_gate(tmp_path):
+    """TLE_ENTRYPOINT_GATE: the entrypoint starts only once the file exists (the emulator creates it
+    when the sandbox's egress rules are in force); the agent answers meanwhile."""
+    gate = tmp_path / "egress-ready"
+    a = Agent({"TLE_ENTRYPOINT": json.dumps(["sh", "-c", "echo booted; sleep 100"]),
+               "TLE_ENTRYPOINT_GATE": str(gate)})
+    try:
+        assert a.client.get("/api/v1/health").json() == {"healthy": True}
+        time.sleep(0.5)
+        assert a.client.get("/api/v1/processes").json()["processes"] == []
+        gate.touch()
+        procs = wait_for(lambda: a.client.get("/api/v1/processes").json()["processes"])
+        assert procs[0]["command"] == "sh"
+        out, _, _, _ = run(a.client, command="sh", args=["-c", 'echo "[$TLE_ENTRYPOINT_GATE]"'])
+        assert out == ["[]"]
+    finally:
+        a.stop()
+
+
 def test_bad_entrypoint_keeps_agent_up():
     a = Agent({"TLE_ENTRYPOINT": json.dumps(["no-such-entrypoint-xyz"])})
     try:
