@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from emulator.api import errors
+from emulator.api import control, errors
 from emulator.api.lifecycle import router
 from emulator.config import Settings
 from emulator.manager.sandboxes import SandboxManager
@@ -32,6 +32,7 @@ def build_api(settings: Settings, manager: SandboxManager) -> FastAPI:
             "proxy_url": settings.advertised_proxy_url,
         })
 
+    app.include_router(control.router)
     app.include_router(router, prefix="/v1/namespaces/{namespace}")
     app.include_router(router)
     return app

@@ -212,6 +212,10 @@ class CheckpointEngine:
                        and (sandbox_id is None or s.sandbox_id == sandbox_id)),
                       key=lambda s: s.created_at, reverse=True)
 
+    def list_all(self) -> list[SnapshotRecord]:
+        """Every snapshot of every namespace, newest first."""
+        return sorted(self._snapshots.values(), key=lambda s: s.created_at, reverse=True)
+
     def check_restorable(self, snap: SnapshotRecord, cpus: float | None, memory_mb: int | None) -> None:
         if snap.status not in ("local_ready", "completed"):
             detail = f": {snap.error}" if snap.error else ""
