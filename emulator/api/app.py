@@ -9,12 +9,15 @@ from emulator.api import control, errors
 from emulator.api.lifecycle import router
 from emulator.config import Settings
 from emulator.manager.sandboxes import SandboxManager
+from emulator.request_log import RequestLog
 
 
-def build_api(settings: Settings, manager: SandboxManager) -> FastAPI:
+def build_api(settings: Settings, manager: SandboxManager, request_log: RequestLog | None = None) -> FastAPI:
+    """The lifecycle API and the emulator's own routes; `request_log` is what /emulator/requests serves."""
     app = FastAPI(title="tensorlake-emulator lifecycle API", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.manager = manager
+    app.state.request_log = request_log or RequestLog(settings.request_log_size)
     errors.install(app)
 
     @app.get("/healthz")

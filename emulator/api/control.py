@@ -1,21 +1,26 @@
-"""The emulator's own test controls under `/emulator/` (issue 17; docs/controls.md): reset and the clock.
+"""The emulator's own test controls under `/emulator/` (issue 17; docs/controls.md): reset, the clock and
+the request log.
 
 Never the cloud's paths: the SDK does not call these; tests do, directly or through sdk_shim/control.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, StrictFloat, StrictInt
 
 from emulator.api import validation
 from emulator.clock import CLOCK, MAX_ADVANCE_SECS
 from emulator.errors import BadRequest
 from emulator.manager.sandboxes import SandboxManager
+from emulator.request_log import RequestEntry, RequestLog
 
 router = APIRouter(prefix="/emulator")
 
@@ -92,3 +97,81 @@ async def advance_clock(request: Request) -> JSONResponse:
     report = AdvanceReport(**_clock_state().model_dump(),
                            fired=[Fired(sandbox_id=i, action=a) for i, a in fired])
     return JSONResponse(report.model_dump())
+
+
+# ---- the request log -----------------------------------------------------------------------------
+
+SSE_PING_S = 15.0  # a comment line this often keeps proxies and clients from timing the stream out
+
+
+def _int_param(request: Request, name: str, default: int | None = None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number; got {raw[:40]!r}") from None
+
+
+def _filters(request: Request) -> dict[str, Any]:
+    """The request log's filters from the query: sandbox, method, status, since, after, port, path."""
+    q = request.query_params
+    port = q.get("port")
+    if port not in (None, "api", "proxy"):
+        raise BadRequest(f"port must be api or proxy; got {port[:40]!r}")
+    after = _int_param(request, "after")
+    last_id = request.headers.get("last-event-id")  # an EventSource reconnecting
+    if after is None and last_id and last_id.isdigit():
+        after = int(last_id)
+    return {"sandbox": q.get("sandbox") or None, "method": q.get("method") or None,
+            "status": q.get("status") or None, "since": _int_param(request, "since"), "after": after,
+            "port": port, "path": q.get("path") or None}
+
+
+def _log(request: Request) -> RequestLog:
+    return request.app.state.request_log
+
+
+@router.get("/requests")
+async def list_requests(request: Request) -> JSONResponse:
+    """{"requests": [entry, ...] oldest first, "dropped": n}; `limit` (default 1000) keeps the newest."""
+    limit = _int_param(request, "limit", 1000)
+    assert limit is not None
+    entries = _log(request).query(**_filters(request), limit=max(0, limit))
+    return JSONResponse({"requests": [e.model_dump() for e in entries], "dropped": _log(request).dropped})
+
+
+def _event(entry: RequestEntry) -> str:
+    return f"id: {entry.seq}\nevent: request\ndata: {entry.model_dump_json()}\n\n"
+
+
+@router.get("/requests/stream")
+async def stream_requests(request: Request) -> StreamingResponse:
+    """Server-sent events: `event: request` with an entry as data, for each new request that matches the
+    filters (and first those after `?after=` or Last-Event-ID still in the log). Starts with a
+    `: connected` comment, sent once the stream is subscribed."""
+    log = _log(request)
+    filters = _filters(request)
+
+    async def events() -> AsyncIterator[str]:
+        async with log.subscribe() as queue:
+            yield ": connected\n\n"
+            last = 0
+            if filters["after"] is not None:
+                for entry in log.query(**filters, limit=log.capacity):
+                    last = entry.seq
+                    yield _event(entry)
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), SSE_PING_S)
+                except asyncio.TimeoutError:
+                    yield ": ping\n\n"
+                    continue
+                if item is None:
+                    return  # the emulator is stopping
+                if item.seq > last and RequestLog.matches(item, **filters):
+                    yield _event(item)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
