@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
+from emulator import metrics
 from emulator.agent_client import AgentClients
 from emulator.api.app import build_api
 from emulator.api.body_limit import BodyLimit
@@ -81,6 +82,8 @@ async def serve(settings: Settings) -> None:
     # Both ports: the request log outermost (refusals are logged too), then the gate (Host, Origin,
     # token), and uvicorn's own errors as JSON too.
     request_log = RequestLog(settings.request_log_size)
+    request_log.listeners.append(metrics.observe_request)
+    metrics.STATE.inventory = manager.inventory
     resolve = _resolver(manager)
     api_app = RequestLogger(Gate(BodyLimit(build_api(settings, manager, request_log), settings.api_max_body_bytes),
                                  GatePolicy.for_port(settings, proxy=False), "api"), request_log, "api", resolve)

@@ -36,6 +36,7 @@ def build_api(settings: Settings, manager: SandboxManager, request_log: RequestL
         })
 
     app.include_router(control.router)
+    app.include_router(control.metrics_router)
     app.include_router(router, prefix="/v1/namespaces/{namespace}")
     app.include_router(router)
     return app

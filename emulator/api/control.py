@@ -12,10 +12,11 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, StrictFloat, StrictInt
 
+from emulator import metrics
 from emulator.api import validation
 from emulator.clock import CLOCK, MAX_ADVANCE_SECS
 from emulator.errors import BadRequest
@@ -23,6 +24,7 @@ from emulator.manager.sandboxes import SandboxManager
 from emulator.request_log import RequestEntry, RequestLog
 
 router = APIRouter(prefix="/emulator")
+metrics_router = APIRouter()
 
 
 class ResetReport(BaseModel):
@@ -175,3 +177,9 @@ async def stream_requests(request: Request) -> StreamingResponse:
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+@metrics_router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    """Prometheus' text format (emulator/metrics.py lists the series)."""
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

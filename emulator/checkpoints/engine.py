@@ -191,6 +191,12 @@ class CheckpointEngine:
         d = self.mechanism.checkpoint_dir(rec.container_id, SUSPEND_NAME)
         return (d / "inventory.img").is_file()
 
+    def suspend_dump_dir(self, rec: SandboxRecord) -> Path | None:
+        """Where a suspended sandbox's dump lies (for its size), None when it has none."""
+        if not (rec.container_id and rec.suspend_checkpoint):
+            return None
+        return self.mechanism.checkpoint_dir(rec.container_id, rec.suspend_checkpoint)
+
     def mark_suspended(self, rec: SandboxRecord) -> None:
         rec.suspend_checkpoint = SUSPEND_NAME
 

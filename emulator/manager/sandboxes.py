@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from emulator import metrics
 from emulator.agent_channel import AgentEndpoint
 from emulator.agent_client import AgentClients
 from emulator.backend.base import RuntimeBackend
@@ -123,6 +124,10 @@ class SandboxManager:
     def list_sandboxes(self, namespace: str) -> list[SandboxRecord]:
         return self._ctx.table.in_namespace(namespace)
 
+    def inventory(self) -> tuple[list[SandboxRecord], list[SnapshotRecord]]:
+        """Every sandbox and snapshot record of every namespace (for metrics)."""
+        return list(self._ctx.table), self._ctx.checkpoints.list_all()
+
     def resolve_route(self, ident: str) -> SandboxRecord:
         return self._ctx.table.resolve_route(ident)
 
@@ -171,7 +176,8 @@ class SandboxManager:
             session_label=spec.session_label,
         )
         await ctx.table.add(rec)
-        ctx.tasks.spawn("launch", rec.id, launch(ctx, rec, snap))
+        ctx.tasks.spawn("launch", rec.id, metrics.timed("restore" if snap else "create", launch(ctx, rec, snap),
+                                                        ok=lambda: rec.status == S.running))
         return rec
 
     async def wait_started(self, rec: SandboxRecord, timeout: float) -> None:
