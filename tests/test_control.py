@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from tensorlake.sandbox import CheckpointType, Sandbox
 
+from sdk_shim import control
 from sdk_shim.launcher import EmulatorProcess
 
 T = 60.0  # request_timeout of every SDK call
@@ -129,6 +130,12 @@ def test_reset_needs_a_scope(emulator: EmulatorProcess) -> None:
     assert code == 400 and body["code"] == "BAD_REQUEST" and "namespace" in body["error"]
     code, body = _http("POST", f"{emulator.api_url}/emulator/reset?namespace=..bad")
     assert code == 400 and body["code"] == "BAD_REQUEST"
+    # The same through the Python helpers (sdk_shim/control.py).
+    with pytest.raises(control.ControlError) as err:
+        control.reset(namespace="..bad", api_url=emulator.api_url)
+    assert err.value.status == 400 and err.value.code == "BAD_REQUEST"
+    empty = control.reset(namespace=f"ctl-{_uid()}", api_url=emulator.api_url)
+    assert empty["sandboxes"] == empty["snapshots"] == empty["errors"] == []
 
 
 # ---- clock ---------------------------------------------------------------------------------------
