@@ -76,6 +76,9 @@ class Settings(BaseModel):
                               "and Origin checks off")
     api_max_body_bytes: int = _env("TLE_API_MAX_BODY_BYTES", 1024 * 1024,
                                    "largest request body the lifecycle API reads", ge=1024)
+    request_log_size: int = _env("TLE_REQUEST_LOG_SIZE", 10_000,
+                                 "requests kept by the request log (GET /emulator/requests); the oldest go first",
+                                 ge=1, le=1_000_000)
 
     @property
     def advertised_proxy_url(self) -> str:

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
 
+from emulator import metrics
 from emulator.agent_client import AgentClients
 from emulator.api.app import build_api
 from emulator.api.body_limit import BodyLimit
@@ -17,14 +19,28 @@ from emulator.backend.docker import DockerBackend
 from emulator.checkpoints.engine import CheckpointEngine, choose_mechanism
 from emulator.checkpoints.probe import CriuProbe
 from emulator.config import Settings
+from emulator.errors import EmulatorError
 from emulator.gate import Gate, GatePolicy
 from emulator.http_protocols import JsonErrorsH11Protocol, JsonErrorsWebSocketProtocol
 from emulator.labels import instance_label
 from emulator.manager.sandboxes import SandboxManager
 from emulator.proxy.app import ProxyApp
+from emulator.request_log import RequestLog, RequestLogger
 from emulator.store.sqlite import Store
 
 log = logging.getLogger("emulator")
+
+
+def _resolver(manager: SandboxManager) -> Callable[[str | None, str], str | None]:
+    """For the request log: the id of the sandbox a request names (by id or name), None when unknown."""
+
+    def resolve(namespace: str | None, ident: str) -> str | None:
+        try:
+            return (manager.lookup(namespace, ident) if namespace else manager.resolve_route(ident)).id
+        except EmulatorError:
+            return None
+
+    return resolve
 
 
 class _Server(uvicorn.Server):
@@ -58,10 +74,16 @@ async def serve(settings: Settings) -> None:
     manager = SandboxManager(settings, store, backend, agents, checkpoints)
     await manager.start()
 
-    # Both ports: the gate first (Host, Origin, token), and uvicorn's own errors as JSON too.
-    api_app = Gate(BodyLimit(build_api(settings, manager), settings.api_max_body_bytes),
-                   GatePolicy.for_port(settings, proxy=False), "api")
-    proxy_app = Gate(ProxyApp(manager, agents), GatePolicy.for_port(settings, proxy=True), "proxy")
+    # Both ports: the request log outermost (refusals are logged too), then the gate (Host, Origin,
+    # token), and uvicorn's own errors as JSON too.
+    request_log = RequestLog(settings.request_log_size)
+    request_log.listeners.append(metrics.observe_request)
+    metrics.STATE.inventory = manager.inventory
+    resolve = _resolver(manager)
+    api_app = RequestLogger(Gate(BodyLimit(build_api(settings, manager, request_log), settings.api_max_body_bytes),
+                                 GatePolicy.for_port(settings, proxy=False), "api"), request_log, "api", resolve)
+    proxy_app = RequestLogger(Gate(ProxyApp(manager, agents), GatePolicy.for_port(settings, proxy=True), "proxy"),
+                              request_log, "proxy", resolve)
     api = _Server(uvicorn.Config(api_app, host=settings.bind, port=settings.api_port, log_level=settings.log_level,
                                  lifespan="off", access_log=False, http=JsonErrorsH11Protocol,
                                  ws=JsonErrorsWebSocketProtocol))
@@ -72,6 +94,7 @@ async def serve(settings: Settings) -> None:
 
     def stop() -> None:
         api.should_exit = proxy.should_exit = True
+        request_log.close()  # open /emulator/requests/stream readers would hold the API server open
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)

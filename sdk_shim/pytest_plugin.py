@@ -10,6 +10,11 @@ Installed with the project (entry point `pytest11`), so there is nothing to regi
   terminal summary says where).
 - `tensorlake_sandbox` (function): a running `tensorlake.sandbox.Sandbox`, always terminated afterwards.
 - `async_tensorlake_sandbox` (function): the same as an `AsyncSandbox` (needs pytest-asyncio).
+- `tensorlake_control` (function): an `sdk_shim.control.EmulatorControl` for the session's emulator:
+  `reset(...)`, `reset_session()`, `advance_clock(seconds)`, `clock()`, `requests(...)`, `metrics()`
+  (docs/controls.md).
+- `tensorlake_clean` (function): the same control, and after the test every sandbox and snapshot the
+  session made is terminated and deleted (`reset_session()`), so the next test starts from nothing.
 
 `@pytest.mark.tensorlake_sandbox(image=..., cpus=..., memory_mb=..., ...)` passes arguments to the
 sandbox fixtures' `create`.
@@ -96,6 +101,13 @@ class TensorlakeEmulator:
         from sdk_shim.env import emulator_env
 
         return emulator_env(self.api_url, self.namespace)
+
+    @property
+    def control(self) -> Any:
+        """An `sdk_shim.control.EmulatorControl` for this emulator, scoped to this session's label."""
+        from sdk_shim.control import EmulatorControl
+
+        return EmulatorControl(self.target_url or self.api_url, self.session_label, self.request_timeout)
 
     def sdk_kwargs(self, **overrides: Any) -> dict[str, Any]:
         """Arguments for `Sandbox.create`/`connect` that aim them here, with a short request timeout."""
@@ -274,6 +286,26 @@ def tensorlake_emulator(request: pytest.FixtureRequest) -> Iterator[TensorlakeEm
     finally:
         config.stash[_FAILED] = request.session.testsfailed > 0  # failures and errors, any phase
         _close(config, opened)
+
+
+@pytest.fixture
+def tensorlake_control(tensorlake_emulator: TensorlakeEmulator) -> Any:
+    """The emulator's test controls (reset, clock, request log, metrics) for the session's emulator."""
+    return tensorlake_emulator.control
+
+
+@pytest.fixture
+def tensorlake_clean(tensorlake_emulator: TensorlakeEmulator) -> Iterator[Any]:
+    """The controls, and a reset of everything this session made once the test ends."""
+    control = tensorlake_emulator.control
+    yield control
+    try:
+        report = control.reset_session()
+        if report["terminated"] or report["snapshots"]:
+            _info(f"[tensorlake-emulator] reset after the test: {len(report['terminated'])} sandbox(es) "
+                  f"terminated, {len(report['snapshots'])} snapshot(s) deleted")
+    except Exception as exc:  # the session's own clean-up still covers what is left
+        _warn(f"[tensorlake-emulator] reset after the test failed: {exc}")
 
 
 def _create_kwargs(emu: TensorlakeEmulator, request: pytest.FixtureRequest) -> dict[str, Any]:

@@ -5,16 +5,19 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from emulator.api import errors
+from emulator.api import control, errors
 from emulator.api.lifecycle import router
 from emulator.config import Settings
 from emulator.manager.sandboxes import SandboxManager
+from emulator.request_log import RequestLog
 
 
-def build_api(settings: Settings, manager: SandboxManager) -> FastAPI:
+def build_api(settings: Settings, manager: SandboxManager, request_log: RequestLog | None = None) -> FastAPI:
+    """The lifecycle API and the emulator's own routes; `request_log` is what /emulator/requests serves."""
     app = FastAPI(title="tensorlake-emulator lifecycle API", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.manager = manager
+    app.state.request_log = request_log or RequestLog(settings.request_log_size)
     errors.install(app)
 
     @app.get("/healthz")
@@ -32,6 +35,8 @@ def build_api(settings: Settings, manager: SandboxManager) -> FastAPI:
             "proxy_url": settings.advertised_proxy_url,
         })
 
+    app.include_router(control.router)
+    app.include_router(control.metrics_router)
     app.include_router(router, prefix="/v1/namespaces/{namespace}")
     app.include_router(router)
     return app

@@ -191,6 +191,12 @@ class CheckpointEngine:
         d = self.mechanism.checkpoint_dir(rec.container_id, SUSPEND_NAME)
         return (d / "inventory.img").is_file()
 
+    def suspend_dump_dir(self, rec: SandboxRecord) -> Path | None:
+        """Where a suspended sandbox's dump lies (for its size), None when it has none."""
+        if not (rec.container_id and rec.suspend_checkpoint):
+            return None
+        return self.mechanism.checkpoint_dir(rec.container_id, rec.suspend_checkpoint)
+
     def mark_suspended(self, rec: SandboxRecord) -> None:
         rec.suspend_checkpoint = SUSPEND_NAME
 
@@ -211,6 +217,10 @@ class CheckpointEngine:
         return sorted((s for s in self._snapshots.values() if s.namespace == namespace
                        and (sandbox_id is None or s.sandbox_id == sandbox_id)),
                       key=lambda s: s.created_at, reverse=True)
+
+    def list_all(self) -> list[SnapshotRecord]:
+        """Every snapshot of every namespace, newest first."""
+        return sorted(self._snapshots.values(), key=lambda s: s.created_at, reverse=True)
 
     def check_restorable(self, snap: SnapshotRecord, cpus: float | None, memory_mb: int | None) -> None:
         if snap.status not in ("local_ready", "completed"):

@@ -20,23 +20,29 @@ log = logging.getLogger(__name__)
 S = SandboxStatus
 
 
-async def reap_once(ctx: ManagerContext, now: float) -> None:
-    """Act on every deadline passed at `now` (epoch ms)."""
+async def reap_once(ctx: ManagerContext, now: float) -> list[tuple[str, str]]:
+    """Act on every deadline passed at `now` (epoch ms); what was done, as (sandbox id, action) with
+    action `pending_timeout` (terminated, no capacity), `suspend` (started) or `terminate`."""
+    fired: list[tuple[str, str]] = []
     for rec in ctx.table:
         if (rec.status == S.pending and rec.max_pending_secs is not None
                 and ctx.tasks.running("launch", rec.id) is not None
                 and now - rec.created_at > rec.max_pending_secs * 1000):
             await ctx.terminate(rec, "no_capacity", "Failure(NoCapacity)",
                                 error_details=f"not running within max_pending_secs={rec.max_pending_secs}")
+            fired.append((rec.id, "pending_timeout"))
         if rec.status != S.running or rec.deadline_ms is None or rec.deadline_ms > now:
             continue
         if rec.name and ctx.checkpoints.memory_available:
             log.info("sandbox %s reached its timeout: suspending (named)", rec.id)
             rec.deadline_ms = None
             ctx.tasks.spawn("timeout-suspend", rec.id, _suspend_on_timeout(ctx, rec))
+            fired.append((rec.id, "suspend"))
         else:
             log.info("sandbox %s reached its timeout: terminating", rec.id)
             await ctx.terminate(rec, "timeout", "Success(Timeout)")
+            fired.append((rec.id, "terminate"))
+    return fired
 
 
 async def _suspend_on_timeout(ctx: ManagerContext, rec: SandboxRecord) -> None:

@@ -9,14 +9,15 @@ dumps, restores) runs in the manager's own tasks; callers get records and answer
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
+from emulator import metrics
 from emulator.agent_channel import AgentEndpoint
 from emulator.agent_client import AgentClients
 from emulator.backend.base import RuntimeBackend
 from emulator.checkpoints.engine import CheckpointEngine
+from emulator.clock import CLOCK
 from emulator.config import Settings
 from emulator.errors import (
     BadRequest,
@@ -32,26 +33,29 @@ from emulator.manager import egress, reaper, suspension, watch
 from emulator.manager.context import ManagerContext
 from emulator.manager.launch import launch
 from emulator.manager.reconcile import reconcile
+from emulator.manager.reset import reset as reset_scope
 from emulator.manager.run_dirs import RunDirs
 from emulator.manager.table import SandboxTable
 from emulator.model.ids import new_sandbox_id
-from emulator.model.records import ResourceResize, SandboxOptions, SandboxRecord, SnapshotRecord
+from emulator.model.records import ResourceResize, SandboxOptions, SandboxRecord, SnapshotRecord, now_ms
 from emulator.model.spec import SandboxSpec
 from emulator.model.states import SandboxStatus
 from emulator.store.sqlite import Store
 
 MIN_MEMORY_MB = 32
+CLOCK_META = "clock_offset_ms"  # the store's meta key of the advanced clock's offset
 S = SandboxStatus
 
 
 class SandboxManager:
     """Create, look up, change and end sandboxes; snapshots; the proxy's routing.
 
-    `clock()` gives epoch ms to the timeout reaper (tests inject their own).
+    `clock()` gives epoch ms to the timeout reaper (tests inject their own); by default the emulator's
+    clock (emulator/clock.py), which `POST /emulator/clock/advance` moves forward.
     """
 
     def __init__(self, settings: Settings, store: Store, backend: RuntimeBackend, agents: AgentClients,
-                 checkpoints: CheckpointEngine, clock: Callable[[], float] = lambda: time.time() * 1000) -> None:
+                 checkpoints: CheckpointEngine, clock: Callable[[], float] = now_ms) -> None:
         self._ctx = ManagerContext(settings=settings, table=SandboxTable(store), backend=backend, agents=agents,
                                    checkpoints=checkpoints, run_dirs=RunDirs(settings.data_dir))
         self._clock = clock
@@ -73,6 +77,9 @@ class SandboxManager:
         ctx = self._ctx
         ctx.engine = await ctx.backend.info()
         ctx.table.load(await asyncio.to_thread(ctx.table.store.load_sandboxes))
+        offset = await asyncio.to_thread(ctx.table.store.get_meta, CLOCK_META)
+        if offset:
+            CLOCK.restore(int(offset))  # deadlines on record were set against the advanced clock
         await reconcile(ctx)
         await egress.reapply_running(ctx)
         if reap:
@@ -92,9 +99,23 @@ class SandboxManager:
                     await self._ctx.terminate(rec, "emulator_shutdown", "Success(UserTerminated)")
         await self._ctx.agents.close_all()
 
-    async def reap_once(self, now: float) -> None:
-        """One pass of the timeout reaper at `now` (epoch ms)."""
-        await reaper.reap_once(self._ctx, now)
+    async def reap_once(self, now: float) -> list[tuple[str, str]]:
+        """One pass of the timeout reaper at `now` (epoch ms); what it did, as (sandbox id, action)."""
+        return await reaper.reap_once(self._ctx, now)
+
+    async def advance_clock(self, seconds: float) -> list[tuple[str, str]]:
+        """Move the emulator's clock forward (persisted) and act on the deadlines now passed at once.
+
+        Raises ValueError for seconds out of (0, clock.MAX_ADVANCE_SECS]. Returns what the reaper did.
+        """
+        offset = CLOCK.advance(seconds)
+        await self._ctx.table.store.set_meta(CLOCK_META, str(offset))
+        return await self.reap_once(self._clock())
+
+    async def reset(self, namespace: str | None, session: str | None) -> dict[str, Any]:
+        """Terminate and delete every sandbox and snapshot of a namespace and/or a session label
+        (None: any); the report of manager/reset.py."""
+        return await reset_scope(self._ctx, self.terminate, namespace, session)
 
     # ---- lookups -----------------------------------------------------------------------------
 
@@ -103,6 +124,10 @@ class SandboxManager:
 
     def list_sandboxes(self, namespace: str) -> list[SandboxRecord]:
         return self._ctx.table.in_namespace(namespace)
+
+    def inventory(self) -> tuple[list[SandboxRecord], list[SnapshotRecord]]:
+        """Every sandbox and snapshot record of every namespace (for metrics)."""
+        return list(self._ctx.table), self._ctx.checkpoints.list_all()
 
     def resolve_route(self, ident: str) -> SandboxRecord:
         return self._ctx.table.resolve_route(ident)
@@ -154,7 +179,8 @@ class SandboxManager:
             session_label=spec.session_label,
         )
         await ctx.table.add(rec)
-        ctx.tasks.spawn("launch", rec.id, launch(ctx, rec, snap))
+        ctx.tasks.spawn("launch", rec.id, metrics.timed("restore" if snap else "create", launch(ctx, rec, snap),
+                                                        ok=lambda: rec.status == S.running))
         return rec
 
     async def wait_started(self, rec: SandboxRecord, timeout: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from emulator import metrics
 from emulator.errors import EmulatorError, EphemeralSandbox, InvalidState
 from emulator.manager import egress
 from emulator.manager.context import ManagerContext
@@ -30,7 +31,9 @@ async def start_suspend(ctx: ManagerContext, rec: SandboxRecord) -> bool:
     ctx.checkpoints.require_memory("suspend")
     ctx.transition_errors.pop(rec.id, None)
     await ctx.table.move(rec, S.suspending)
-    ctx.tasks.spawn("suspend", rec.id, _do_suspend(ctx, rec))
+    ctx.tasks.spawn("suspend", rec.id, metrics.timed(
+        "suspend", _do_suspend(ctx, rec), ok=lambda: rec.status == S.suspended,
+        after=lambda: metrics.observe_dump("suspend", ctx.checkpoints.suspend_dump_dir(rec))))
     return True
 
 
@@ -66,7 +69,7 @@ async def start_resume(ctx: ManagerContext, rec: SandboxRecord) -> bool:
         raise InvalidState(f"Sandbox {rec.id} cannot be resumed while {rec.status}")
     ctx.transition_errors.pop(rec.id, None)
     await ctx.table.move(rec, S.pending, pending_reason="waiting_for_container")
-    ctx.tasks.spawn("resume", rec.id, _do_resume(ctx, rec))
+    ctx.tasks.spawn("resume", rec.id, metrics.timed("resume", _do_resume(ctx, rec), ok=lambda: rec.status == S.running))
     return True
 
 
@@ -104,7 +107,9 @@ async def start_snapshot(ctx: ManagerContext, rec: SandboxRecord, snapshot_type:
         ctx.checkpoints.require_memory("memory checkpoint")
     snap = await ctx.checkpoints.new_snapshot(rec, kind, transient)
     await ctx.table.move(rec, S.snapshotting)
-    ctx.tasks.spawn("snapshot", rec.id, _do_snapshot(ctx, rec, snap))
+    ctx.tasks.spawn("snapshot", rec.id, metrics.timed(
+        "checkpoint", _do_snapshot(ctx, rec, snap), ok=lambda: snap.status in ("local_ready", "completed"),
+        after=lambda: metrics.observe_dump("checkpoint", snap.checkpoint_dir)))
     return snap
 
 

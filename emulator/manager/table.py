@@ -34,6 +34,12 @@ class SandboxTable:
         self._records[rec.id] = rec
         await self.store.save_sandbox(rec)
 
+    async def forget(self, rec: SandboxRecord) -> None:
+        """Drop a terminated record from the table and the store (a reset's delete)."""
+        self._records.pop(rec.id, None)
+        self._locks.pop(rec.id, None)
+        await self.store.delete_sandbox(rec.id)
+
     async def save(self, rec: SandboxRecord) -> None:
         await self.store.save_sandbox(rec)
 

@@ -6,19 +6,19 @@ that never goes on the wire. Times are epoch milliseconds.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from emulator.clock import now_ms as _clock_now_ms
 from emulator.model.states import SandboxStatus, check_transition
 
 SnapshotStatus = Literal["in_progress", "local_ready", "completed", "failed", "deleting"]
 
 
 def now_ms() -> int:
-    """Wall-clock time in epoch milliseconds."""
-    return int(time.time() * 1000)
+    """The emulator's time in epoch milliseconds: the wall clock plus any advance (emulator/clock.py)."""
+    return _clock_now_ms()
 
 
 class ResourceResize(BaseModel):

@@ -67,3 +67,14 @@ class Store:
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         await asyncio.to_thread(self._exec, "DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+
+    async def delete_sandbox(self, sandbox_id: str) -> None:
+        await asyncio.to_thread(self._exec, "DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await asyncio.to_thread(self._exec, "INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
