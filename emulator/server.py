@@ -50,11 +50,8 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve(settings: Settings) -> None:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.data_dir / "state.sqlite3")
-    backend = DockerBackend(settings.docker_host, settings.runtime, instance_label(settings.data_dir))
-    agents = AgentClients(backend.init_pid)
+async def _checkpoint_engine(settings: Settings, backend: DockerBackend, store: Store) -> CheckpointEngine:
+    """Probe the engine and CRIU, pick the dump mechanism (TLE_CHECKPOINT) and settle what a crash left."""
     engine = await backend.info()
     log.info("docker engine %s, runtimes %s, experimental=%s", engine.version, engine.runtimes, engine.experimental)
     if settings.runtime not in engine.runtimes:
@@ -71,6 +68,15 @@ async def serve(settings: Settings) -> None:
     checkpoints = CheckpointEngine(backend, store, settings.data_dir, docker_root, probe, mechanism,
                                    settings.default_image)
     await checkpoints.start()
+    return checkpoints
+
+
+async def serve(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.data_dir / "state.sqlite3")
+    backend = DockerBackend(settings.docker_host, settings.runtime, instance_label(settings.data_dir))
+    agents = AgentClients(backend.init_pid)
+    checkpoints = await _checkpoint_engine(settings, backend, store)
     manager = SandboxManager(settings, store, backend, agents, checkpoints)
     await manager.start()
 

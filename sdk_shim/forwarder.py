@@ -62,6 +62,8 @@ class Forwarder:
         self.server.server_close()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
+        # Long only because it holds a class of small methods: http.server wants a handler class, and
+        # the closure over `fwd` is how each instance reaches this forwarder.
         fwd = self
 
         class Handler(BaseHTTPRequestHandler):
