@@ -32,6 +32,14 @@ class InvalidState(EmulatorError):
     code = "INVALID_STATE"
 
 
+class SnapshotFailed(EmulatorError):
+    """CRIU could not dump the sandbox's process state (suspend or memory checkpoint); the message
+    names the cause from CRIU's dump log. The sandbox keeps running as it was."""
+
+    status = 409
+    code = "SNAPSHOT_FAILED"
+
+
 class EphemeralSandbox(EmulatorError):
     status = 400
     code = "EPHEMERAL_SANDBOX"

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from emulator.api import wire
-from emulator.errors import BadRequest, InvalidState, NotSupported
+from emulator.errors import BadRequest, NotSupported
 from emulator.manager.sandboxes import SandboxManager
 
 router = APIRouter()
@@ -148,7 +148,7 @@ async def _transition(request: Request, ident: str, target: str) -> JSONResponse
         # 202 that would leave the SDK polling for a state that will not come.
         failure = mgr.transition_error(rec.id)
         if failure:
-            raise InvalidState(failure)
+            raise mgr.checkpoints.transition_failure(rec.id, failure)
     return JSONResponse({"sandbox_id": rec.id, "status": rec.status}, status_code=200 if done else 202)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from emulator.backend.docker import DockerBackend
+from emulator.checkpoints.criu_errors import snapshot_failure
 from emulator.errors import EmulatorError
 
 
@@ -76,7 +77,13 @@ class DockerMechanism:
     async def dump_stop(self, container_id: str, name: str) -> None:
         # A dump of the same name left by an earlier failed attempt would make Docker refuse.
         await self.backend.delete_checkpoint(container_id, name)
-        await self.backend.checkpoint(container_id, name, leave_running=False)
+        await self._checkpoint(container_id, name, leave_running=False)
+
+    async def _checkpoint(self, container_id: str, name: str, leave_running: bool) -> None:
+        try:
+            await self.backend.checkpoint(container_id, name, leave_running=leave_running)
+        except EmulatorError as exc:
+            raise await asyncio.to_thread(snapshot_failure, exc.message) from exc
 
     def _make_unique(self, container_id: str, name: str) -> None:
         # Docker uploads the dump folder as a tar into containerd's content store and fails with
@@ -92,7 +99,7 @@ class DockerMechanism:
 
     async def dump_running(self, container_id: str, name: str, dest: Path) -> None:
         await self.backend.delete_checkpoint(container_id, name)
-        await self.backend.checkpoint(container_id, name, leave_running=True)
+        await self._checkpoint(container_id, name, leave_running=True)
         await asyncio.to_thread(move_tree, self.checkpoint_dir(container_id, name), dest)
 
     async def discard(self, container_id: str, name: str) -> None:
@@ -155,13 +162,12 @@ class RuncMechanism(DockerMechanism):
                                                     stderr=asyncio.subprocess.STDOUT)
         out, _ = await proc.communicate()
         if proc.returncode != 0:
-            detail = out.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
-            log_tail = await asyncio.to_thread(_errors, work / "dump.log", 3)
+            failure = await asyncio.to_thread(snapshot_failure, out.decode(errors="replace"), work / "dump.log")
             with contextlib.suppress(OSError):  # kept for diagnosis, next to the dumps
                 await asyncio.to_thread(shutil.copy, work / "dump.log", self.dump_root / "last-failed-dump.log")
             await asyncio.to_thread(shutil.rmtree, work, True)
             await asyncio.to_thread(shutil.rmtree, dest, True)
-            raise EmulatorError(f"checkpoint failed: runc: {detail[0]}" + (f" (criu: {log_tail})" if log_tail else ""))
+            raise failure
         await asyncio.to_thread(shutil.rmtree, work, True)
 
     async def dump_stop(self, container_id: str, name: str) -> None:
@@ -218,13 +224,3 @@ def _fresh_dir(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
-
-
-def _errors(path: Path, lines: int) -> str:
-    """The first error lines of a CRIU log (the cause; the last lines only say that it failed)."""
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    errs = [ln for ln in text if ("Error" in ln or "Timeout" in ln) and "RLIMIT_NOFILE" not in ln]  # that one is benign
-    return " | ".join(errs[:lines] or text[-lines:])
