@@ -12,7 +12,7 @@ TCP socket (a fresh connection accepted each tick), a half-closed TCP connection
 writing half; the other still sends), a listening unix socket, a connected unix stream pair, a unix
 datagram socketpair, flock / POSIX (lockf) / OFD locks, inotify, timerfd, eventfd, signalfd, epoll,
 an anonymous MAP_SHARED mapping, a POSIX shm file in /dev/shm and a SysV shm segment (each shared
-with a child that counts in it), a memfd, a deleted-but-open file, pipes to a child, a FIFO, a
+with a child that counts in it), a memfd, a deleted-but-open file of 3 MB, pipes to a child, a FIFO, a
 zombie, and threads.
 """
 
@@ -201,6 +201,7 @@ mfd = os.memfd_create("fid-memfd")
 os.write(mfd, b"memfd-" + token.encode())
 dfd = os.open(f"{D}/deleted.dat", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
 os.write(dfd, b"deleted-" + token.encode())
+os.pwrite(dfd, b"end", 3 << 20)  # 3 MB: past CRIU's default ghost-limit of 1 MB
 os.unlink(f"{D}/deleted.dat")
 
 # --- pipes and a FIFO to children; a zombie ---------------------------------------------------
@@ -233,12 +234,12 @@ def pipe_tick() -> None:
     assert os.read(from_child_r, 1) == b"p"  # written after the FIFO byte and the counts
     assert os.read(fifo_r, 1) == b"f"
     after = (struct.unpack("Q", anon[0:8])[0], struct.unpack("Q", pshm[0:8])[0], sysv[0])
-    assert all(a == b + 1 for a, b in zip(after, before)), (before, after)
+    assert all(a == b + 1 for a, b in zip(after, before, strict=True)), (before, after)
 
 
 def memfd_tick() -> None:
-    assert os.pread(mfd, 64, 0) == b"memfd-" + token.encode()
-    assert os.pread(dfd, 64, 0) == b"deleted-" + token.encode()
+    got = (os.pread(mfd, 64, 0), os.pread(dfd, 24, 0), os.pread(dfd, 3, 3 << 20))
+    assert got == (b"memfd-" + token.encode(), b"deleted-" + token.encode(), b"end"), got
 
 
 def zombie_tick() -> None:
@@ -264,7 +265,7 @@ seen_threads = list(thread_counts)
 def threads_tick() -> None:
     global seen_threads
     now = list(thread_counts)
-    assert all(n > s for n, s in zip(now, seen_threads)), (seen_threads, now)
+    assert all(n > s for n, s in zip(now, seen_threads, strict=True)), (seen_threads, now)
     seen_threads = now
 
 
