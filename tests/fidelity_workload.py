@@ -283,7 +283,8 @@ while True:
     with open(f"{D}/status.tmp", "w") as f:
         json.dump(status, f)
     os.replace(f"{D}/status.tmp", f"{D}/status.json")
-    print(counts["ticks"], flush=True)
+    if counts["ticks"] == 1:
+        print("ready", flush=True)  # what a benchmark waits for
     time.sleep(0.1)
     if len(sys.argv) > 1 and counts["ticks"] >= int(sys.argv[1]):
         break

@@ -137,6 +137,8 @@ class RuncMechanism(DockerMechanism):
         self.runc_root = runc_root
         self.dump_root = dump_root
         self.runc = runc
+        self._cleanups: set[asyncio.Future[None]] = set()  # background removals of consumed dumps
+        shutil.rmtree(dump_root / ".consumed", ignore_errors=True)  # left by a stop mid-removal
 
     @staticmethod
     def available(runc_root: Path, runc: str = "runc") -> str | None:
@@ -167,24 +169,41 @@ class RuncMechanism(DockerMechanism):
                 await asyncio.to_thread(shutil.copy, work / "dump.log", self.dump_root / "last-failed-dump.log")
             await asyncio.to_thread(shutil.rmtree, work, True)
             await asyncio.to_thread(shutil.rmtree, dest, True)
+            with contextlib.suppress(OSError):
+                dest.parent.rmdir()  # the container's folder, if this was to be its only dump
             raise failure
         await asyncio.to_thread(shutil.rmtree, work, True)
 
     async def dump_stop(self, container_id: str, name: str) -> None:
+        # runc has killed the container behind containerd's back when this returns; Docker notices
+        # the exit 50-150 ms later. A suspend is complete once the dump is written and the processes
+        # are gone, so that wait is left to whoever needs Docker to agree (restore_in_place).
         await self._runc_checkpoint(container_id, self.checkpoint_dir(container_id, name), leave_running=False)
-        # runc killed the container behind containerd's back: wait until Docker has seen it exit, so
-        # that a resume right after finds a stopped container.
+
+    async def _wait_stopped(self, container_id: str) -> None:
         for _ in range(400):
             state = await self.backend.state(container_id)
             if state is None or not state.running:
                 return
-            await asyncio.sleep(0.025)
+            await asyncio.sleep(0.02)
         raise EmulatorError("the container did not stop after its checkpoint")
 
     async def restore_in_place(self, container_id: str, name: str) -> None:
         src = self.checkpoint_dir(container_id, name)
+        await self._wait_stopped(container_id)
         await self._restore_linked(container_id, name, src)
-        await self.discard(container_id, name)  # consumed: the pages live in the sandbox again
+        # Consumed: the pages live in the sandbox again. Deleting hundreds of MB takes 50-150 ms, so
+        # the folder is renamed out of the way (instant; a suspend right after writes a fresh one)
+        # and removed in the background.
+        trash = self.dump_root / ".consumed" / f"{container_id[:12]}-{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            await asyncio.to_thread(_move_aside, src, trash)
+        except OSError:
+            await self.discard(container_id, name)
+            return
+        fut = asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, trash, True)
+        self._cleanups.add(fut)
+        fut.add_done_callback(self._cleanups.discard)
 
     async def dump_running(self, container_id: str, name: str, dest: Path) -> None:
         await self._runc_checkpoint(container_id, dest, leave_running=True)
@@ -218,6 +237,13 @@ def _link_dump(src: Path, dst: Path) -> None:
             shutil.copy2(f, dst / f.name)
     # A unique file, so containerd never sees an upload identical to one it still holds.
     (dst / "tle-restore-nonce").write_text(uuid.uuid4().hex)
+
+
+def _move_aside(src: Path, trash: Path) -> None:
+    trash.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, trash)
+    with contextlib.suppress(OSError):
+        src.parent.rmdir()  # the container's folder, when this was its only dump
 
 
 def _fresh_dir(path: Path) -> None:
