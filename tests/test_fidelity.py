@@ -186,6 +186,52 @@ def test_pty_shell_dump_failure_names_the_cause(emulator: EmulatorProcess) -> No
         sb.terminate()
 
 
+# A connection through the sandbox's own network address (as one to any host outside would be).
+ADDRESS_BOUND = r"""
+import os, socket, subprocess, time
+ip = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()[0]
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 7003)); srv.listen()
+cl = socket.create_connection((ip, 7003)); a, _ = srv.accept()
+n = 0
+while True:
+    cl.sendall(b"x"); a.recv(1); n += 1
+    open("/tmp/eth.tmp", "w").write(str(n)); os.replace("/tmp/eth.tmp", "/tmp/eth.txt")
+    time.sleep(0.05)
+"""
+
+
+def test_connection_on_the_sandbox_address_is_refused_with_its_cause(emulator: EmulatorProcess) -> None:
+    """CRIU re-creates a TCP connection only on the address it had, and a restored sandbox gets a new
+    one: such a dump would never restore, so suspend and checkpoint refuse it, naming the sockets,
+    and the sandbox and its connection go on untouched."""
+    sb = Sandbox.create(name=f"addr-{_uid()}", memory_mb=256, request_timeout=T)
+    try:
+        sb.start_process("python3", ["-c", ADDRESS_BOUND])
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if int(sb.read_file("/tmp/eth.txt").value or b"0") > 3:
+                    break
+            except (SandboxError, RemoteAPIError, ValueError):
+                pass
+            assert time.monotonic() < deadline, "the client did not start"
+            time.sleep(0.1)
+        with pytest.raises(RemoteAPIError) as err:
+            sb.suspend(timeout=W)
+        assert err.value.status_code == 409 and "SNAPSHOT_FAILED" in str(err.value)
+        assert ":7003" in str(err.value) and "network address" in str(err.value), str(err.value)
+        with pytest.raises(SandboxError) as err2:
+            sb.checkpoint(timeout=W)
+        assert ":7003" in str(err2.value) and "network address" in str(err2.value)
+        assert sb.status == "running"
+        n = int(sb.read_file("/tmp/eth.txt").value)
+        time.sleep(0.5)
+        assert int(sb.read_file("/tmp/eth.txt").value) > n  # the connection still carries data
+    finally:
+        sb.terminate()
+
+
 def _counter(sb: Sandbox, pid: int) -> list[tuple[str, int]]:
     return [(t, int(n)) for t, n in (ln.split() for ln in sb.get_stdout(pid).lines if ln.strip())]
 

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from emulator.backend.docker import DockerBackend
 from emulator.checkpoints.criu_errors import snapshot_failure
+from emulator.checkpoints.preflight import DEFAULT_RUNC_ROOT, refuse_unrestorable
 from emulator.errors import EmulatorError
 
 
@@ -80,6 +81,7 @@ class DockerMechanism:
         await self._checkpoint(container_id, name, leave_running=False)
 
     async def _checkpoint(self, container_id: str, name: str, leave_running: bool) -> None:
+        await asyncio.to_thread(refuse_unrestorable, container_id, DEFAULT_RUNC_ROOT)
         try:
             await self.backend.checkpoint(container_id, name, leave_running=leave_running)
         except EmulatorError as exc:
@@ -153,6 +155,7 @@ class RuncMechanism(DockerMechanism):
         return self.dump_root / container_id / name
 
     async def _runc_checkpoint(self, container_id: str, dest: Path, leave_running: bool) -> None:
+        await asyncio.to_thread(refuse_unrestorable, container_id, self.runc_root)
         await asyncio.to_thread(_fresh_dir, dest)
         work = dest.parent / f".{dest.name}.criu-work"
         await asyncio.to_thread(_fresh_dir, work)
