@@ -35,26 +35,30 @@ def _addr(hex_addr: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address,
 
 
 def address_bound_tcp(pid: int) -> list[str]:
-    """TCP sockets in the network namespace of `pid` that only the same address could restore:
-    connections (any state but in-flight or TIME_WAIT) and listeners on a non-loopback local
-    address (a wildcard listener restores anywhere). Each as "local -> remote" or "listening on local"."""
+    """TCP sockets in the network namespace of `pid` that only the same address could restore
+    (see bound_in_table), from /proc/<pid>/net/tcp and tcp6."""
     found: list[str] = []
     for table in ("tcp", "tcp6"):
         try:
-            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+            found += bound_in_table(Path(f"/proc/{pid}/net/{table}").read_text())
         except OSError:
             continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 4 or fields[3] in _SKIPPED_STATES:
-                continue
-            (lip, lport), (rip, rport) = _addr(fields[1]), _addr(fields[2])
-            if lip.is_loopback or lip.is_unspecified:
-                continue
-            if fields[3] == _LISTEN:
-                found.append(f"listening on {lip}:{lport}")
-            else:
-                found.append(f"{lip}:{lport} -> {rip}:{rport}")
+    return found
+
+
+def bound_in_table(text: str) -> list[str]:
+    """From one /proc/net/tcp{,6} table: connections (any state but in-flight or TIME_WAIT) and
+    listeners on a non-loopback local address (a wildcard listener restores anywhere), each as
+    "local -> remote" or "listening on local"."""
+    found: list[str] = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or fields[3] in _SKIPPED_STATES:
+            continue
+        (lip, lport), (rip, rport) = _addr(fields[1]), _addr(fields[2])
+        if lip.is_loopback or lip.is_unspecified:
+            continue
+        found.append(f"listening on {lip}:{lport}" if fields[3] == _LISTEN else f"{lip}:{lport} -> {rip}:{rport}")
     return found
 
 

@@ -70,3 +70,25 @@ def test_unknown_failure_quotes_criu_or_the_tool(tmp_path: Path) -> None:
     assert snapshot_failure("x", log).message == (
         "snapshot of the process state failed (criu: Error (criu/foo.c:1): foo: something new)")
     assert snapshot_failure("runc: it broke").message == "snapshot of the process state failed (criu: runc: it broke)"
+
+
+# /proc/net/tcp and tcp6 as the kernel prints them (addresses in little-endian 32-bit words).
+TCP4 = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1B5B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 0100007F:1B59 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 2 1
+   2: 050011AC:1B5B 050011AC:84F2 01 00000000:00000000 00:00000000 00000000     0        0 3 1
+   3: 050011AC:1B5C 0A0A0A0A:01BB 06 00000000:00000000 00:00000000 00000000     0        0 0 1
+"""
+TCP6 = """  sl  local_address                         remote_address                        st tx_queue
+   0: 00000000000000000000000001000000:1B59 00000000000000000000000001000000:9C40 01 00000000:00000000
+   1: 0000000000000000FFFF0000050011AC:0050 0000000000000000FFFF00000A0A0A0A:C350 01 00000000:00000000
+   2: 000080FE00000000FF02420A030011AC:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000
+"""
+
+
+def test_tcp_tables_name_only_sockets_tied_to_the_sandbox_address() -> None:
+    from emulator.checkpoints.preflight import bound_in_table
+
+    # Wildcard listener, loopback connection and TIME_WAIT are fine; the bridge address is not.
+    assert bound_in_table(TCP4) == ["172.17.0.5:7003 -> 172.17.0.5:34034"]
+    assert bound_in_table(TCP6) == ["172.17.0.5:80 -> 10.10.10.10:50000", "listening on fe80::a42:2ff:ac11:3:8080"]
