@@ -36,7 +36,7 @@ _KNOWN: list[tuple[str, str]] = [
     ("Can't dump inotify",
      "the sandbox holds an inotify watch on a file CRIU could not find by path any more"),
 ]
-_LOG_PATH = re.compile(r"log file: (\S+?\.log)")
+_LOG_PATH = re.compile(r"(?:log file:|path=)\s*(\S+?\.log)")  # runc's wording; containerd's
 
 
 def log_errors(path: Path, lines: int = 3) -> list[str]:
