@@ -39,6 +39,10 @@ class SnapshotFailed(EmulatorError):
     status = 409
     code = "SNAPSHOT_FAILED"
 
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent  # the same dump would fail again at once: no point retrying
+
 
 class EphemeralSandbox(EmulatorError):
     status = 400

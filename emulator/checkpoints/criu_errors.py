@@ -65,4 +65,6 @@ def snapshot_failure(tool_output: str, dump_log: Path | None = None) -> Snapshot
     message = "snapshot of the process state failed"
     if cause:
         message += f": {cause}"
-    return SnapshotFailed(f"{message} (criu: {joined or last})")
+    # An outside unix peer is often the agent's last connection, gone a moment later: worth a retry.
+    permanent = cause is not None and "unix" not in cause
+    return SnapshotFailed(f"{message} (criu: {joined or last})", permanent=permanent)

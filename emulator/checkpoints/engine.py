@@ -159,6 +159,8 @@ class CheckpointEngine:
             except EmulatorError as first:
                 # A connection the agent had not yet closed when the dump started makes CRIU refuse
                 # (external unix socket peer); by now it is gone, so one retry settles it.
+                if isinstance(first, SnapshotFailed) and first.permanent:
+                    raise
                 log.info("suspend dump of %s failed, retrying once: %s", rec.id, first.message)
                 await asyncio.sleep(0.5)
                 await self.mechanism.dump_stop(rec.container_id, SUSPEND_NAME)
@@ -245,6 +247,8 @@ class CheckpointEngine:
                     try:
                         await self.mechanism.dump_running(cid, snap.id, dump)
                     except EmulatorError as first:
+                        if isinstance(first, SnapshotFailed) and first.permanent:
+                            raise
                         log.info("snapshot dump of %s failed, retrying once: %s", rec.id, first.message)
                         await asyncio.sleep(0.5)
                         await self.mechanism.dump_running(cid, snap.id, dump)

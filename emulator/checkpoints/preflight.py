@@ -82,4 +82,4 @@ def refuse_unrestorable(container_id: str, runc_root: Path = DEFAULT_RUNC_ROOT) 
         raise SnapshotFailed(
             "snapshot of the process state failed: the sandbox holds TCP sockets on its network address "
             f"({shown}); a restored sandbox gets a new address and CRIU re-creates TCP connections only on "
-            "the same one (loopback connections are kept). Close them and try again")
+            "the same one (loopback connections are kept). Close them and try again", permanent=True)

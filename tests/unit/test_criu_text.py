@@ -54,6 +54,14 @@ def test_dump_failure_names_the_cause_from_the_log(tmp_path: Path) -> None:
     assert "/dev/tty" in err.message and "ctty inheritance detected" in err.message
     assert "RLIMIT_NOFILE" not in err.message and "overlay walk" not in err.message  # benign lines left out
     assert error_body(err.message, err.code)["code"] == "SNAPSHOT_FAILED"
+    assert err.permanent  # the engine does not retry what would fail the same way
+
+
+def test_a_unix_peer_outside_is_worth_a_retry(tmp_path: Path) -> None:
+    log = tmp_path / "dump.log"
+    log.write_text("(00.1) Error (criu/sk-unix.c:351): unix: Can't dump half of stream unix connection.\n")
+    err = snapshot_failure("x", log)
+    assert "peer outside" in err.message and not err.permanent
 
 
 def test_dump_log_is_found_from_the_tools_answer(tmp_path: Path) -> None:
