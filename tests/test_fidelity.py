@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 from tensorlake.sandbox import AsyncSandbox, Sandbox
 from tensorlake.sandbox.exceptions import RemoteAPIError, SandboxError
 
-from sdk_shim.launcher import EmulatorProcess
+from sdk_shim.launcher import EmulatorProcess, free_port
 
 T = 60.0  # request_timeout of creates and connects
 W = 60.0  # timeout of suspend / resume / checkpoint
@@ -148,6 +150,35 @@ def test_every_kind_of_state_survives_checkpoint_and_restore_async(emulator: Emu
             await src.terminate()
 
     asyncio.run(main())
+
+
+def test_every_kind_of_state_survives_the_docker_mechanism() -> None:
+    """The same through Docker's own checkpoint API (TLE_CHECKPOINT=docker): containerd runs runc,
+    which hands CRIU the same options file, for the dump and for the restore."""
+    data_dir = Path(tempfile.mkdtemp(prefix="tle-fid-docker-", dir="/tmp"))
+    emu = EmulatorProcess(data_dir=data_dir, api_port=free_port(), proxy_port=free_port(),
+                          extra_env={"TLE_CHECKPOINT": "docker"}).start()
+    api = emu.api_url
+    sb = new = None
+    try:
+        sb = Sandbox.create(name=f"fidd-{_uid()}", memory_mb=512, request_timeout=T, api_url=api)
+        before = _start_workload(sb)
+        sb.suspend(timeout=W)
+        sb.resume(timeout=W)
+        after = _wait_ticks(lambda: _status(sb), before["counts"]["ticks"] + 10)
+        _assert_every_kind_works(before, after, "after resume (docker)")
+        snap = sb.checkpoint(timeout=W)
+        assert snap is not None
+        new = Sandbox.create(snapshot_id=snap.snapshot_id, request_timeout=T, api_url=api)
+        restored = _wait_ticks(lambda: _status(new), after["counts"]["ticks"] + 5)
+        _assert_every_kind_works(before, restored, "restored copy (docker)")
+        assert _locks_held(new) == "flock:held posix:held ofd:held"
+    finally:
+        for box in (new, sb):
+            if box is not None:
+                box.terminate()
+        emu.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def _await_ticks(read, than: int, timeout: float = 15.0) -> dict:  # type: ignore[no-untyped-def]
