@@ -32,6 +32,18 @@ class InvalidState(EmulatorError):
     code = "INVALID_STATE"
 
 
+class SnapshotFailed(EmulatorError):
+    """CRIU could not dump the sandbox's process state (suspend or memory checkpoint); the message
+    names the cause from CRIU's dump log. The sandbox keeps running as it was."""
+
+    status = 409
+    code = "SNAPSHOT_FAILED"
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent  # the same dump would fail again at once: no point retrying
+
+
 class EphemeralSandbox(EmulatorError):
     status = 400
     code = "EPHEMERAL_SANDBOX"

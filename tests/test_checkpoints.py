@@ -140,6 +140,10 @@ def test_suspend_resume_five_cycles_keep_everything(emulator: EmulatorProcess) -
             info = _status(emulator.api_url, name)
             assert info["status"] == "suspended" and info["id"] == sid and info["name"] == name
             assert info["sandbox_url"]
+            # The processes are gone when the suspend answers; Docker notices the exit a moment later.
+            deadline = time.monotonic() + 5
+            while _container_running(sid) is not False and time.monotonic() < deadline:
+                time.sleep(0.05)
             assert _container_running(sid) is False
             sb.resume(timeout=W)
             info = _status(emulator.api_url, sid)

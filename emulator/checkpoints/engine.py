@@ -33,7 +33,7 @@ from emulator.backend.base import LABEL_SNAPSHOT, ContainerSpec, RuntimeBackend
 from emulator.checkpoints import containerd_leftovers
 from emulator.checkpoints.mechanisms import DockerMechanism, Mechanism, RuncMechanism
 from emulator.checkpoints.probe import CriuProbe
-from emulator.errors import BadRequest, EmulatorError, NotFound, NotSupported
+from emulator.errors import BadRequest, EmulatorError, InvalidState, NotFound, NotSupported, SnapshotFailed
 from emulator.labels import SNAPSHOT_REPO
 from emulator.model.ids import new_snapshot_id
 from emulator.model.records import SandboxRecord, SnapshotRecord
@@ -81,6 +81,7 @@ class CheckpointEngine:
         self.canary_image = canary_image
         self.canary: dict[str, Any] | None = None
         self._snapshots: dict[str, SnapshotRecord] = {}
+        self._dump_failed: set[str] = set()  # sandboxes whose last suspend failed in CRIU's dump
 
     async def start(self) -> None:
         """Load the snapshots and settle what a stop or a crash cut off: snapshots being taken fail
@@ -169,19 +170,38 @@ class CheckpointEngine:
     # ---- suspend / resume in place ------------------------------------------------------------
 
     async def suspend(self, rec: SandboxRecord) -> None:
+        """Dump the sandbox's processes and stop its container. Raises SnapshotFailed (the cause from
+        CRIU's dump log) when CRIU cannot dump them; the container then keeps running."""
         assert rec.container_id
+        self._dump_failed.discard(rec.id)
         try:
-            await self.mechanism.dump_stop(rec.container_id, SUSPEND_NAME)
-        except EmulatorError as first:
-            # A connection the agent had not yet closed when the dump started makes CRIU refuse
-            # (external unix socket peer); by now it is gone, so one retry settles it.
-            log.info("suspend dump of %s failed, retrying once: %s", rec.id, first.message)
-            await asyncio.sleep(0.5)
-            await self.mechanism.dump_stop(rec.container_id, SUSPEND_NAME)
+            try:
+                await self.mechanism.dump_stop(rec.container_id, SUSPEND_NAME)
+            except EmulatorError as first:
+                # A connection the agent had not yet closed when the dump started makes CRIU refuse
+                # (external unix socket peer); by now it is gone, so one retry settles it.
+                if isinstance(first, SnapshotFailed) and first.permanent:
+                    raise
+                log.info("suspend dump of %s failed, retrying once: %s", rec.id, first.message)
+                await asyncio.sleep(0.5)
+                await self.mechanism.dump_stop(rec.container_id, SUSPEND_NAME)
+        except SnapshotFailed:
+            self._dump_failed.add(rec.id)
+            raise
         rec.suspend_checkpoint = SUSPEND_NAME
+
+    def transition_failure(self, sandbox_id: str, message: str) -> EmulatorError:
+        """The error to answer for a suspend or resume that failed with `message`: SnapshotFailed
+        (409 SNAPSHOT_FAILED) when CRIU could not dump the sandbox's process state, else
+        InvalidState (409 INVALID_STATE)."""
+        if sandbox_id in self._dump_failed:
+            self._dump_failed.discard(sandbox_id)
+            return SnapshotFailed(message)
+        return InvalidState(message)
 
     async def resume(self, rec: SandboxRecord) -> None:
         assert rec.container_id and rec.suspend_checkpoint
+        self._dump_failed.discard(rec.id)
         await self.mechanism.restore_in_place(rec.container_id, rec.suspend_checkpoint)
         rec.suspend_checkpoint = None
 
@@ -255,6 +275,8 @@ class CheckpointEngine:
                     try:
                         await self.mechanism.dump_running(cid, snap.id, dump)
                     except EmulatorError as first:
+                        if isinstance(first, SnapshotFailed) and first.permanent:
+                            raise
                         log.info("snapshot dump of %s failed, retrying once: %s", rec.id, first.message)
                         await asyncio.sleep(0.5)
                         await self.mechanism.dump_running(cid, snap.id, dump)

@@ -21,6 +21,8 @@ from typing import Protocol
 
 from emulator.backend.base import RuntimeBackend
 from emulator.checkpoints.containerd_leftovers import NONCE_FILE, remove_copy_of
+from emulator.checkpoints.criu_errors import snapshot_failure
+from emulator.checkpoints.preflight import DEFAULT_RUNC_ROOT, refuse_unrestorable
 from emulator.errors import EmulatorError
 
 
@@ -90,7 +92,14 @@ class DockerMechanism:
     async def dump_stop(self, container_id: str, name: str) -> None:
         # A dump of the same name left by an earlier failed attempt would make Docker refuse.
         await self.backend.delete_checkpoint(container_id, name)
-        await self.backend.checkpoint(container_id, name, leave_running=False)
+        await self._checkpoint(container_id, name, leave_running=False)
+
+    async def _checkpoint(self, container_id: str, name: str, leave_running: bool) -> None:
+        await asyncio.to_thread(refuse_unrestorable, container_id, DEFAULT_RUNC_ROOT)
+        try:
+            await self.backend.checkpoint(container_id, name, leave_running=leave_running)
+        except EmulatorError as exc:
+            raise await asyncio.to_thread(snapshot_failure, exc.message) from exc
 
     def _make_unique(self, container_id: str, name: str) -> str:
         # Docker uploads the dump folder as a tar into containerd's content store and fails with
@@ -116,7 +125,7 @@ class DockerMechanism:
 
     async def dump_running(self, container_id: str, name: str, dest: Path) -> None:
         await self.backend.delete_checkpoint(container_id, name)
-        await self.backend.checkpoint(container_id, name, leave_running=True)
+        await self._checkpoint(container_id, name, leave_running=True)
         await asyncio.to_thread(move_tree, self.checkpoint_dir(container_id, name), dest)
 
     async def discard(self, container_id: str, name: str) -> None:
@@ -165,6 +174,8 @@ class RuncMechanism(DockerMechanism):
                  runc: str = "runc") -> None:
         super().__init__(backend, docker_root, runc_root, runc)
         self.dump_root = dump_root
+        self._cleanups: set[asyncio.Future[None]] = set()  # background removals of consumed dumps
+        shutil.rmtree(dump_root / ".consumed", ignore_errors=True)  # left by a stop mid-removal
 
     @staticmethod
     def available(runc_root: Path, runc: str = "runc") -> str | None:
@@ -179,6 +190,7 @@ class RuncMechanism(DockerMechanism):
         return self.dump_root / container_id / name
 
     async def _runc_checkpoint(self, container_id: str, dest: Path, leave_running: bool) -> None:
+        await asyncio.to_thread(refuse_unrestorable, container_id, self.runc_root)
         await asyncio.to_thread(_fresh_dir, dest)
         work = dest.parent / f".{dest.name}.criu-work"
         await asyncio.to_thread(_fresh_dir, work)
@@ -190,30 +202,46 @@ class RuncMechanism(DockerMechanism):
                                                     stderr=asyncio.subprocess.STDOUT)
         out, _ = await proc.communicate()
         if proc.returncode != 0:
-            detail = out.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
-            log_tail = await asyncio.to_thread(_errors, work / "dump.log", 3)
+            failure = await asyncio.to_thread(snapshot_failure, out.decode(errors="replace"), work / "dump.log")
             with contextlib.suppress(OSError):  # kept for diagnosis, next to the dumps
                 await asyncio.to_thread(shutil.copy, work / "dump.log", self.dump_root / "last-failed-dump.log")
             await asyncio.to_thread(shutil.rmtree, work, True)
             await asyncio.to_thread(shutil.rmtree, dest, True)
-            raise EmulatorError(f"checkpoint failed: runc: {detail[0]}" + (f" (criu: {log_tail})" if log_tail else ""))
+            with contextlib.suppress(OSError):
+                dest.parent.rmdir()  # the container's folder, if this was to be its only dump
+            raise failure
         await asyncio.to_thread(shutil.rmtree, work, True)
 
     async def dump_stop(self, container_id: str, name: str) -> None:
+        # runc has killed the container behind containerd's back when this returns; Docker notices
+        # the exit 50-150 ms later. A suspend is complete once the dump is written and the processes
+        # are gone, so that wait is left to whoever needs Docker to agree (restore_in_place).
         await self._runc_checkpoint(container_id, self.checkpoint_dir(container_id, name), leave_running=False)
-        # runc killed the container behind containerd's back: wait until Docker has seen it exit, so
-        # that a resume right after finds a stopped container.
+
+    async def _wait_stopped(self, container_id: str) -> None:
         for _ in range(400):
             state = await self.backend.state(container_id)
             if state is None or not state.running:
                 return
-            await asyncio.sleep(0.025)
+            await asyncio.sleep(0.02)
         raise EmulatorError("the container did not stop after its checkpoint")
 
     async def restore_in_place(self, container_id: str, name: str) -> None:
         src = self.checkpoint_dir(container_id, name)
+        await self._wait_stopped(container_id)
         await self._restore_linked(container_id, name, src)
-        await self.discard(container_id, name)  # consumed: the pages live in the sandbox again
+        # Consumed: the pages live in the sandbox again. Deleting hundreds of MB takes 50-150 ms, so
+        # the folder is renamed out of the way (instant; a suspend right after writes a fresh one)
+        # and removed in the background.
+        trash = self.dump_root / ".consumed" / f"{container_id[:12]}-{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            await asyncio.to_thread(_move_aside, src, trash)
+        except OSError:
+            await self.discard(container_id, name)
+            return
+        fut = asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, trash, True)
+        self._cleanups.add(fut)
+        fut.add_done_callback(self._cleanups.discard)
 
     async def dump_running(self, container_id: str, name: str, dest: Path) -> None:
         await self._runc_checkpoint(container_id, dest, leave_running=True)
@@ -273,17 +301,14 @@ def _link_dump(src: Path, dst: Path) -> str:
     return nonce
 
 
+def _move_aside(src: Path, trash: Path) -> None:
+    trash.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, trash)
+    with contextlib.suppress(OSError):
+        src.parent.rmdir()  # the container's folder, when this was its only dump
+
+
 def _fresh_dir(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
-
-
-def _errors(path: Path, lines: int) -> str:
-    """The first error lines of a CRIU log (the cause; the last lines only say that it failed)."""
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    errs = [ln for ln in text if ("Error" in ln or "Timeout" in ln) and "RLIMIT_NOFILE" not in ln]  # that one is benign
-    return " | ".join(errs[:lines] or text[-lines:])

@@ -10,6 +10,8 @@ import asyncio
 import shutil
 from dataclasses import dataclass
 
+from emulator.checkpoints.criu_config import RUNC_CONF, ensure_runc_conf
+
 
 @dataclass
 class CriuProbe:
@@ -29,7 +31,10 @@ class CriuProbe:
                        ver)
         if not docker_experimental:
             return cls(False, "the Docker engine runs without --experimental, so it has no checkpoint API", ver)
-        return cls(True, f"criu {ver} passes criu check", ver)
+        conf_problem = await asyncio.to_thread(ensure_runc_conf)
+        if conf_problem:  # dumps still work, but not of TCP connections or file locks
+            return cls(True, f"criu {ver} passes criu check; CRIU options missing: {conf_problem}", ver)
+        return cls(True, f"criu {ver} passes criu check; options from {RUNC_CONF}", ver)
 
 
 async def _output(*cmd: str) -> str:

@@ -272,7 +272,7 @@ class SandboxManager:
             # 202 that would leave the SDK polling for a state that will not come.
             failure = self._ctx.transition_errors.pop(rec.id, None)
             if failure:
-                raise InvalidState(failure)
+                raise self._ctx.checkpoints.transition_failure(rec.id, failure)
         return False
 
     # ---- snapshots ---------------------------------------------------------------------------

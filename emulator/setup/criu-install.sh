@@ -18,8 +18,20 @@ version_ok() {
   [ "$(printf '%s\n4.2\n' "$v" | sort -V | head -n1)" = "4.2" ]
 }
 
+# The CRIU options sandbox dumps and restores need (tcp-established, file-locks, ...), in the file runc
+# hands CRIU on every checkpoint and restore. One list, in emulator/checkpoints/criu_config.py; the
+# emulator writes it too at start-up, but when the emulator runs in a container only this host-side
+# step (or the /etc/criu mount in docker-compose.yml) reaches the host's runc.
+write_runc_conf() {
+  local top  # the folder that holds the `emulator` package: the repository, or site-packages
+  top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  python3 -c "import sys; sys.path.insert(0, sys.argv[1]); from emulator.checkpoints.criu_config import ensure_runc_conf as e; p = e(); print('criu: runc.conf: ' + (p or 'complete')); sys.exit(1 if p else 0)" "$top" \
+    || echo "criu: could not write the CRIU options; TCP connections and file locks will not survive dumps" >&2
+}
+
 if version_ok && criu check >/dev/null 2>&1; then
   echo "criu: $(criu --version | awk '/^Version:/ {print $2}') already on PATH, criu check passes"
+  write_runc_conf
   exit 0
 fi
 
@@ -57,6 +69,7 @@ chmod 755 "$WRAPPER"
 
 if version_ok && criu check >/dev/null 2>&1; then
   echo "criu: $(criu --version | awk '/^Version:/ {print $2}') installed at $WRAPPER, criu check passes"
+  write_runc_conf
 else
   echo "criu: installed but 'criu check' fails:" >&2
   criu check 2>&1 | tail -n 5 >&2 || true
