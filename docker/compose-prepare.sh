@@ -14,7 +14,7 @@
 #      - with --loopback, TLE_API_PORT / TLE_PROXY_PORT: the emulator then listens on the host's own
 #        127.0.0.1, so a taken 8900 / 9443 (an emulator of `./run start`) is replaced by a free port, said here.
 # Usage, from anywhere:  docker/compose-prepare.sh [--loopback] [--env-file FILE]
-# Then, from the repository root:  docker compose up -d --build emulator  (add --env-file FILE if given here)
+# Then, from the repository root:  docker compose up -d --wait --build emulator  (add --env-file FILE if given here)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
@@ -124,4 +124,4 @@ if [ $LOOPBACK = 1 ]; then
 fi
 put COMPOSE_FILE "$files"
 say "env: COMPOSE_FILE=$files in $ENV_FILE"
-say "ready: from $REPO run: docker compose$([ "$ENV_FILE" = "$REPO/.env" ] || echo " --env-file $ENV_FILE") up -d --build emulator"
+say "ready: from $REPO run: docker compose$([ "$ENV_FILE" = "$REPO/.env" ] || echo " --env-file $ENV_FILE") up -d --wait --build emulator"

@@ -97,7 +97,7 @@ def test_readme_recipe_gives_a_working_emulator(env_file: Path) -> None:
         assert (settings["TLE_API_PORT"], settings["TLE_PROXY_PORT"]) == (str(api_port), str(proxy_port))
         assert settings["COMPOSE_FILE"].endswith("docker/compose.loopback.yml"), settings
         assert "[compose] host: privileged containers" in prep.stdout, prep.stdout
-        up = compose("up", "-d", "--build", "emulator")
+        up = compose("up", "-d", "--wait", "--build", "emulator")
         assert up.returncode == 0, up.stdout + up.stderr
         check = compose("run", "--rm", "check")
         logs = compose("logs", "emulator").stdout
