@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from emulator.api import errors
 from emulator.api.lifecycle import router
+from emulator.api.pools import router as pool_router
 from emulator.config import Settings
 from emulator.manager.sandboxes import SandboxManager
 
@@ -32,6 +33,7 @@ def build_api(settings: Settings, manager: SandboxManager) -> FastAPI:
             "proxy_url": settings.advertised_proxy_url,
         })
 
-    app.include_router(router, prefix="/v1/namespaces/{namespace}")
-    app.include_router(router)
+    for r in (router, pool_router):
+        app.include_router(r, prefix="/v1/namespaces/{namespace}")
+        app.include_router(r)
     return app

@@ -17,6 +17,7 @@ LABEL_INSTANCE = f"{LABEL_PREFIX}.instance"
 LABEL_NAMESPACE = f"{LABEL_PREFIX}.namespace"
 LABEL_SESSION = f"{LABEL_PREFIX}.session"
 LABEL_SNAPSHOT = f"{LABEL_PREFIX}.snapshot-id"
+LABEL_POOL = f"{LABEL_PREFIX}.pool-id"  # warm and claimed containers of a pool
 
 AGENT_DIR_IN_SANDBOX = "/.tle/run"
 # The agent package directory (emulator/agent), bind-mounted read-only and run as `python3 -B /.tle/agent`.

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from emulator.backend.base import LABEL_NAMESPACE, LABEL_SESSION, ContainerSpec
+from emulator.backend.base import LABEL_NAMESPACE, LABEL_POOL, LABEL_SESSION, ContainerSpec
 from emulator.errors import EmulatorError
 from emulator.manager.context import ManagerContext
 from emulator.model.records import SandboxRecord, SnapshotRecord
@@ -25,8 +25,9 @@ def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> Conta
         network=not (net is not None and net.get("allow_internet_access") is False),
         agent_dir=ctx.run_dirs.make(rec.id), agent_code=AGENT_CODE, entrypoint=rec.entrypoint,
         env={"TLE_OUTPUT_LIMIT_BYTES": str(ctx.settings.agent_output_limit)},
-        labels={LABEL_NAMESPACE: rec.namespace, **({LABEL_SESSION: rec.session_label}
-                                                   if rec.session_label else {})},
+        labels={LABEL_NAMESPACE: rec.namespace,
+                **({LABEL_SESSION: rec.session_label} if rec.session_label else {}),
+                **({LABEL_POOL: rec.pool_id} if rec.pool_id else {})},
     )
 
 

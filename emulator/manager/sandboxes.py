@@ -28,9 +28,11 @@ from emulator.errors import (
     SandboxNotReady,
     SandboxNotRunning,
 )
-from emulator.manager import reaper, suspension, watch
+from emulator.manager import reaper, suspension, warm, watch
 from emulator.manager.context import ManagerContext
 from emulator.manager.launch import launch
+from emulator.manager.pool_table import PoolTable
+from emulator.manager.pools import PoolManager
 from emulator.manager.reconcile import reconcile
 from emulator.manager.run_dirs import RunDirs
 from emulator.manager.table import SandboxTable
@@ -53,10 +55,13 @@ class SandboxManager:
     def __init__(self, settings: Settings, store: Store, backend: RuntimeBackend, agents: AgentClients,
                  checkpoints: CheckpointEngine, clock: Callable[[], float] = lambda: time.time() * 1000) -> None:
         self._ctx = ManagerContext(settings=settings, table=SandboxTable(store), backend=backend, agents=agents,
-                                   checkpoints=checkpoints, run_dirs=RunDirs(settings.data_dir))
+                                   checkpoints=checkpoints, run_dirs=RunDirs(settings.data_dir),
+                                   pools=PoolTable(store))
         self._clock = clock
         self._reaper: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self.pools = PoolManager(self._ctx, self._check_resources)
 
     @property
     def settings(self) -> Settings:
@@ -73,14 +78,16 @@ class SandboxManager:
         ctx = self._ctx
         ctx.engine = await ctx.backend.info()
         ctx.table.load(await asyncio.to_thread(ctx.table.store.load_sandboxes))
+        ctx.pools.load(await asyncio.to_thread(ctx.pools.store.load_pools))
         await reconcile(ctx)
         if reap:
             self._reaper = asyncio.create_task(reaper.reap_forever(ctx, self._clock), name="timeout-reaper")
             self._watch = asyncio.create_task(watch.watch_exits(ctx), name="exit-watch")
+            self._keeper = asyncio.create_task(warm.keep_forever(ctx, self.pools.wake), name="pool-keeper")
 
     async def stop(self) -> None:
         """Stop background work; terminate the live sandboxes when TLE_TERMINATE_ON_EXIT is set."""
-        for task in (self._reaper, self._watch):
+        for task in (self._reaper, self._watch, self._keeper):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -89,11 +96,16 @@ class SandboxManager:
             for rec in self._ctx.table:
                 if rec.live:
                     await self._ctx.terminate(rec, "emulator_shutdown", "Success(UserTerminated)")
+            await self.pools.remove_all_warm()
         await self._ctx.agents.close_all()
 
     async def reap_once(self, now: float) -> None:
         """One pass of the timeout reaper at `now` (epoch ms)."""
         await reaper.reap_once(self._ctx, now)
+
+    async def keep_pools_once(self) -> None:
+        """One pass of the pool reconciler (queued claims, warm targets): what its task does each second."""
+        await warm.keep_once(self._ctx)
 
     # ---- lookups -----------------------------------------------------------------------------
 
