@@ -109,8 +109,7 @@ class PoolManager:
         pool.retry_after_ms = 0
         await self._ctx.pools.save(pool)
         if pool.template() != before:
-            for entry in list(pool.warm):
-                await warm.discard(self._ctx, pool, entry)
+            await warm.discard_all(self._ctx, pool)
         self.wake.set()
         return pool
 
@@ -121,8 +120,7 @@ class PoolManager:
             raise PoolInUse(f"Sandbox pool '{pool.id}' has {len(active)} active sandbox(es): "
                             f"{', '.join(active[:10])}; terminate them first")
         await self._ctx.pools.remove(pool)
-        for entry in list(pool.warm):
-            await warm.discard(self._ctx, pool, entry)
+        await warm.discard_all(self._ctx, pool)
 
     async def claim(self, pool: PoolRecord, session_label: str | None) -> SandboxRecord:
         """A sandbox from the pool: running at once from an idle warm container, else pending (starting,
@@ -166,5 +164,4 @@ class PoolManager:
     async def remove_all_warm(self) -> None:
         """Remove every pool's warm containers (emulator shutdown with TLE_TERMINATE_ON_EXIT)."""
         for pool in self._ctx.pools:
-            for entry in list(pool.warm):
-                await warm.discard(self._ctx, pool, entry)
+            await warm.discard_all(self._ctx, pool, wait_s=5.0)

@@ -70,6 +70,14 @@ async def discard(ctx: ManagerContext, pool: PoolRecord, entry: WarmContainer) -
         await _drop(ctx, entry)
 
 
+async def discard_all(ctx: ManagerContext, pool: PoolRecord, wait_s: float = 30.0) -> None:
+    """Remove every idle container of `pool`, waiting up to `wait_s` for those still starting to be gone."""
+    entries = list(pool.warm)
+    for entry in entries:
+        await discard(ctx, pool, entry)
+    await asyncio.gather(*(ctx.tasks.wait("warm", e.sandbox_id, wait_s) for e in entries))
+
+
 async def start_warm(ctx: ManagerContext, pool: PoolRecord, entry: WarmContainer) -> None:
     """Create and start one warm container until its agent answers; on failure remove it and hold off
     the pool's next try for RETRY_MS. A claim may take the entry meanwhile (it waits for this task)."""
