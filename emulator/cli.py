@@ -114,7 +114,7 @@ async def _docker_status(settings: Settings, instance: str, say: Callable[[str],
     import aiodocker
     from aiodocker.exceptions import DockerError
 
-    from emulator.backend.base import LABEL_INSTANCE, LABEL_SESSION
+    from emulator.backend.base import LABEL_INSTANCE, LABEL_POOL, LABEL_SESSION
 
     docker = aiodocker.Docker(url=settings.docker_host)
     try:
@@ -147,6 +147,9 @@ async def _docker_status(settings: Settings, instance: str, say: Callable[[str],
             mine = " (this data dir)" if inst == instance else ""
             say(f"  instance {inst}{mine}: {states.count('running')} running, "
                 f"{len(states) - states.count('running')} other")
+        pooled = [c for c in containers if (c._container.get("Labels") or {}).get(LABEL_POOL)]
+        if pooled:
+            say(f"  of which pool containers (warm or claimed): {len(pooled)}")
         sessions: set[str] = {label for c in containers
                               if (label := (c._container.get("Labels") or {}).get(LABEL_SESSION))}
         if sessions:
@@ -195,9 +198,11 @@ def _list(args: argparse.Namespace) -> int:
         for ns in namespaces:
             sandboxes = _get_json(f"{url}/v1/namespaces/{ns}/sandboxes")["sandboxes"]
             snapshots = _get_json(f"{url}/v1/namespaces/{ns}/snapshots")["snapshots"]
+            pools = [_get_json(f"{url}/v1/namespaces/{ns}/sandbox-pools/{p['id']}")
+                     for p in _get_json(f"{url}/v1/namespaces/{ns}/sandbox-pools")["pools"]]
             if not args.all:
                 sandboxes = [s for s in sandboxes if s.get("status") != "terminated"]
-            out[ns] = {"sandboxes": sandboxes, "snapshots": snapshots}
+            out[ns] = {"sandboxes": sandboxes, "snapshots": snapshots, "pools": pools}
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: cannot list from the emulator at {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
         return 1
@@ -218,6 +223,14 @@ def _list(args: argparse.Namespace) -> int:
             rows = [[s["id"], s["sandbox_id"], s["status"], s.get("snapshot_type") or "-",
                      str(s.get("size_bytes") or "-"), _fmt_ms(s.get("created_at"))] for s in snaps]
             print(_table(rows, ["ID", "SANDBOX", "STATUS", "TYPE", "SIZE_BYTES", "CREATED"]))
+        pools = data["pools"]
+        print(f"namespace {ns}: {len(pools)} pool(s)")
+        if pools:
+            rows = [[p["id"], p["image"], str(p.get("warm_containers") or 0), str(p.get("max_containers") or "-"),
+                     str(sum(c["sandbox_id"] is None for c in p.get("containers") or [])),
+                     str(sum(c["sandbox_id"] is not None for c in p.get("containers") or [])),
+                     _fmt_ms(p.get("created_at"))] for p in pools]
+            print(_table(rows, ["ID", "IMAGE", "WARM", "MAX", "IDLE", "CLAIMED", "CREATED"]))
     return 0
 
 
