@@ -137,7 +137,6 @@ class PoolManager:
             rec.pending_reason = warm.QUEUED
         await ctx.table.add(rec)
         if entry is not None:
-            pool.warm.remove(entry)
             await ctx.pools.save(pool)
         if entry is not None and entry.ready:
             ctx.set_deadline(rec)
@@ -150,16 +149,24 @@ class PoolManager:
         self.wake.set()  # refill the warm target
         return rec
 
-    async def _take_warm(self, pool: PoolRecord) -> WarmContainer | None:
-        """The idle container a claim takes: a ready one whose agent answers, else one still starting.
-        A ready one that does not answer is removed (the reconciler replaces it)."""
-        for entry in [w for w in pool.warm if w.ready]:
+    async def _take_warm(self, pool: PoolRecord, ready_only: bool = False) -> WarmContainer | None:
+        """Take an idle container out of the pool: a ready one whose agent answers, else (unless
+        `ready_only`) one still starting. Taken before any await, so two claims never share one;
+        a ready one that does not answer is removed (the reconciler replaces it)."""
+        while True:
+            entry = next((w for w in pool.warm if w.ready), None)
+            if entry is None and not ready_only:
+                entry = next(iter(pool.warm), None)
+            if entry is None:
+                return None
+            pool.warm.remove(entry)
+            if not entry.ready:
+                return entry
             rec = warm.sandbox_for(pool, entry.sandbox_id)
             rec.container_id = entry.container_id
             if await self._ctx.agents.wait_healthy(self._ctx.run_dirs.endpoint(rec), 0.5):
                 return entry
             await warm.discard(self._ctx, pool, entry)
-        return next((w for w in pool.warm if not w.discarded), None)
 
     async def remove_all_warm(self) -> None:
         """Remove every pool's warm containers (emulator shutdown with TLE_TERMINATE_ON_EXIT)."""

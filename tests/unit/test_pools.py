@@ -171,3 +171,11 @@ async def test_a_failed_warm_start_leaks_nothing_and_backs_off(rig: Rig) -> None
     rec = await rig.manager.pools.claim(pool, None)  # no warm: a cold start, which fails with its reason
     await rig.manager.wait_started(rec, 5)
     assert rec.status == S.terminated and rec.pool_id == pool.id
+
+
+async def test_concurrent_claims_never_share_a_warm_container(rig: Rig) -> None:
+    pool = await _warm_pool(rig, warm=1)
+    a, b = await asyncio.gather(rig.manager.pools.claim(pool, None), rig.manager.pools.claim(pool, None))
+    await rig.manager.wait_started(a, 5)
+    await rig.manager.wait_started(b, 5)
+    assert a.id != b.id and a.container_id != b.container_id and a.status == b.status == S.running
