@@ -28,13 +28,14 @@ class PoolTable:
     def lookup(self, namespace: str, pool_id: str) -> PoolRecord:
         """The pool `pool_id` of `namespace`; PoolNotFound (404) otherwise."""
         pool = self._pools.get(pool_id)
-        if pool is None or pool.namespace != namespace:
+        if pool is None or pool.namespace != namespace or pool.reserve:
             raise PoolNotFound(f"Sandbox pool '{pool_id}' not found in namespace '{namespace}'")
         return pool
 
     def in_namespace(self, namespace: str) -> list[PoolRecord]:
         """Oldest first."""
-        return sorted((p for p in self._pools.values() if p.namespace == namespace), key=lambda p: p.created_at)
+        return sorted((p for p in self._pools.values() if p.namespace == namespace and not p.reserve),
+                      key=lambda p: p.created_at)
 
     def warm_sandbox_ids(self) -> set[str]:
         """The sandbox ids the unclaimed containers of every pool run under."""

@@ -126,7 +126,7 @@ class PoolManager:
         """A sandbox from the pool: running at once from an idle warm container, else pending (starting,
         or queued with `pool_at_capacity` when the pool is at max_containers)."""
         ctx = self._ctx
-        entry = await self._take_warm(pool)
+        entry = await self.take_warm(pool)
         sandbox_id = entry.sandbox_id if entry else new_sandbox_id()
         rec = warm.sandbox_for(pool, sandbox_id)
         # The container carries the pool's session label; a cold one gets the caller's.
@@ -149,7 +149,7 @@ class PoolManager:
         self.wake.set()  # refill the warm target
         return rec
 
-    async def _take_warm(self, pool: PoolRecord, ready_only: bool = False) -> WarmContainer | None:
+    async def take_warm(self, pool: PoolRecord, ready_only: bool = False) -> WarmContainer | None:
         """Take an idle container out of the pool: a ready one whose agent answers, else (unless
         `ready_only`) one still starting. Taken before any await, so two claims never share one;
         a ready one that does not answer is removed (the reconciler replaces it)."""

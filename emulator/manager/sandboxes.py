@@ -28,7 +28,7 @@ from emulator.errors import (
     SandboxNotReady,
     SandboxNotRunning,
 )
-from emulator.manager import reaper, suspension, warm, watch
+from emulator.manager import reaper, reserve, suspension, warm, watch
 from emulator.manager.context import ManagerContext
 from emulator.manager.launch import launch
 from emulator.manager.pool_table import PoolTable
@@ -80,6 +80,7 @@ class SandboxManager:
         ctx.table.load(await asyncio.to_thread(ctx.table.store.load_sandboxes))
         ctx.pools.load(await asyncio.to_thread(ctx.pools.store.load_pools))
         await reconcile(ctx)
+        await reserve.ensure_reserve(ctx)
         if reap:
             self._reaper = asyncio.create_task(reaper.reap_forever(ctx, self._clock), name="timeout-reaper")
             self._watch = asyncio.create_task(watch.watch_exits(ctx), name="exit-watch")
@@ -156,14 +157,22 @@ class SandboxManager:
         if snap is None and not await ctx.backend.image_exists(image):
             raise ImageNotFound(f"Image '{image}' not found locally; no registry is reachable, so build or "
                                 "load it into Docker first (docker images lists what is there)")
+        # A running container of the warm reserve when one fits (manager/reserve.py), else a launch.
+        warm_entry = None if snap is not None else await reserve.take(ctx, namespace, spec, image,
+                                                                      self.pools.take_warm)
         rec = SandboxRecord(
-            id=new_sandbox_id(), namespace=namespace, name=spec.name, image=image, **spec.resolve(base),
-            auto_resume=True if spec.auto_resume is None else spec.auto_resume,
+            id=warm_entry.sandbox_id if warm_entry else new_sandbox_id(), namespace=namespace, name=spec.name,
+            image=image, **spec.resolve(base), auto_resume=True if spec.auto_resume is None else spec.auto_resume,
             max_pending_secs=spec.max_pending_secs, restored_from=spec.snapshot_id,
-            session_label=spec.session_label,
+            session_label=spec.session_label, container_id=warm_entry.container_id if warm_entry else None,
         )
         await ctx.table.add(rec)
-        ctx.tasks.spawn("launch", rec.id, launch(ctx, rec, snap))
+        if warm_entry is not None:
+            ctx.set_deadline(rec)
+            await ctx.table.move(rec, S.running)
+            self.pools.wake.set()  # refill the reserve
+        else:
+            ctx.tasks.spawn("launch", rec.id, launch(ctx, rec, snap))
         return rec
 
     async def wait_started(self, rec: SandboxRecord, timeout: float) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from emulator.backend.base import ContainerState
 from emulator.errors import EmulatorError
@@ -25,6 +26,8 @@ S = SandboxStatus
 QUEUED = "pool_at_capacity"  # pending_reason of a claim waiting for room in its pool (PROTOCOL.md §11)
 RETRY_MS = 5000  # after a warm start failed, the pool waits this long before trying again
 _HOLDING = (S.running, S.snapshotting, S.suspending)
+# PoolManager._take_warm(pool, ready_only): takes an idle container out of a pool
+TakeWarm = Callable[[PoolRecord, bool], Awaitable[WarmContainer | None]]
 
 
 def claimed(ctx: ManagerContext, pool: PoolRecord) -> list[SandboxRecord]:
@@ -48,7 +51,7 @@ def sandbox_for(pool: PoolRecord, sandbox_id: str) -> SandboxRecord:
     """A record with the pool's options under `sandbox_id`: what a warm container is started as and
     what a claim of it becomes."""
     return SandboxRecord(id=sandbox_id, namespace=pool.namespace, image=pool.image, **pool.options(),
-                         session_label=pool.session_label, pool_id=pool.id)
+                         session_label=pool.session_label, pool_id=None if pool.reserve else pool.id)
 
 
 async def _drop(ctx: ManagerContext, entry: WarmContainer) -> None:

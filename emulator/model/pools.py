@@ -51,6 +51,8 @@ class PoolRecord(SandboxOptions):
     created_at: int = Field(default_factory=now_ms)
     updated_at: int = Field(default_factory=now_ms)
     session_label: str | None = None
+    # the emulator's own warm reserve for plain creates (TLE_WARM_RESERVE): no API, sandboxes have no pool_id
+    reserve: bool = False
     retry_after_ms: int = 0  # no new warm start before this time (a start just failed)
     warm: list[WarmContainer] = Field(default_factory=list)
 

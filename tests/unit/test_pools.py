@@ -179,3 +179,33 @@ async def test_concurrent_claims_never_share_a_warm_container(rig: Rig) -> None:
     await rig.manager.wait_started(a, 5)
     await rig.manager.wait_started(b, 5)
     assert a.id != b.id and a.container_id != b.container_id and a.status == b.status == S.running
+
+
+async def test_the_warm_reserve_serves_plain_creates_only(rig: Rig, tmp_path) -> None:
+    from emulator.config import Settings
+    from tests.unit.conftest import _manager
+
+    await rig.manager.stop()
+    settings = Settings(data_dir=tmp_path / "data2", startup_timeout=1.0, warm_reserve=2)
+    mgr = _manager(settings, rig.store, rig.backend, rig.agents, rig.mechanism)
+    await mgr.start(reap=False)
+    try:
+        assert mgr.pools.list_pools("default") == []  # hidden from the API
+        await mgr.keep_pools_once()
+        await _until(lambda: sum(c.running for c in rig.backend.containers.values()) == 2, "reserve started")
+        await asyncio.sleep(0.05)
+        warm_ids = {c.spec.sandbox_id for c in rig.backend.containers.values()}
+        rec = await mgr.create("default", SandboxSpec(cpus=0.5, memory_mb=256, name="fast"))
+        # Running at once, in a reserve container, with its own limits applied in place and no pool.
+        assert rec.status == S.running and rec.id in warm_ids and rec.pool_id is None
+        spec = rig.backend.containers[rec.container_id].spec  # type: ignore[index]
+        assert (spec.cpus, spec.memory_mb, LABEL_POOL in spec.labels) == (0.5, 256, False)
+        for other in (SandboxSpec(entrypoint=["sleep", "1"]), SandboxSpec(session_label="elsewhere"),
+                      SandboxSpec(network_policy={"allow_internet_access": False})):
+            cold = await mgr.create("default", other)
+            assert cold.status == S.pending and cold.id not in warm_ids  # a cold launch
+            await mgr.wait_started(cold, 5)
+        await mgr.keep_pools_once()
+        await _until(lambda: len(mgr._ctx.pools.get("reserve-default").warm) == 2, "reserve refilled")  # type: ignore[union-attr]
+    finally:
+        await mgr.stop()
