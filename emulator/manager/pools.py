@@ -106,7 +106,7 @@ class PoolManager:
         for key, value in fields.items():
             setattr(pool, key, value)
         pool.updated_at = now_ms()
-        pool.retry_after_ms = 0
+        pool.retry_after_ms = pool.start_failures = 0
         await self._ctx.pools.save(pool)
         if pool.template() != before:
             await warm.discard_all(self._ctx, pool)

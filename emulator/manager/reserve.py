@@ -36,6 +36,10 @@ async def ensure_reserve(ctx: ManagerContext) -> None:
         await warm.discard_all(ctx, pool)
         pool = None
     if pool is None and s.warm_reserve > 0:
+        if not await ctx.backend.image_exists(s.default_image):
+            log.warning("no warm reserve: the default image %s is missing (`tensorlake-emulator setup`)",
+                        s.default_image)
+            return
         await ctx.pools.add(wanted)
     elif pool is not None:
         pool.warm_containers = s.warm_reserve

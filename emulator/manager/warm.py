@@ -24,7 +24,8 @@ from emulator.model.states import SandboxStatus
 log = logging.getLogger(__name__)
 S = SandboxStatus
 QUEUED = "pool_at_capacity"  # pending_reason of a claim waiting for room in its pool (PROTOCOL.md §11)
-RETRY_MS = 5000  # after a warm start failed, the pool waits this long before trying again
+RETRY_MS = 5000  # after a warm start failed, the pool waits this long before trying again, doubled
+MAX_RETRY_MS = 300_000  # per failure in a row up to this
 _HOLDING = (S.running, S.snapshotting, S.suspending)
 # PoolManager._take_warm(pool, ready_only): takes an idle container out of a pool
 TakeWarm = Callable[[PoolRecord, bool], Awaitable[WarmContainer | None]]
@@ -95,12 +96,14 @@ async def start_warm(ctx: ManagerContext, pool: PoolRecord, entry: WarmContainer
                 raise EmulatorError(f"the agent of a warm container of pool {pool.id} did not answer within "
                                     f"{ctx.settings.startup_timeout}s")
             entry.ready = True
+            pool.start_failures = 0
             await ctx.pools.save(pool)
     except asyncio.CancelledError:
         raise  # the emulator stops: the next start-up reconciles what is left
     except Exception as exc:  # a failed warm start must never take the pool down
         log.warning("warm container %s of pool %s failed to start: %s", entry.sandbox_id, pool.id, exc)
-        pool.retry_after_ms = now_ms() + RETRY_MS
+        pool.retry_after_ms = now_ms() + min(MAX_RETRY_MS, RETRY_MS * 2 ** min(pool.start_failures, 16))
+        pool.start_failures += 1
         await _drop(ctx, entry)
         if entry in pool.warm:
             pool.warm.remove(entry)

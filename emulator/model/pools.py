@@ -54,6 +54,7 @@ class PoolRecord(SandboxOptions):
     # the emulator's own warm reserve for plain creates (TLE_WARM_RESERVE): no API, sandboxes have no pool_id
     reserve: bool = False
     retry_after_ms: int = 0  # no new warm start before this time (a start just failed)
+    start_failures: int = 0  # warm starts failed in a row: the back-off doubles with each
     warm: list[WarmContainer] = Field(default_factory=list)
 
     def template(self) -> dict[str, Any]:
