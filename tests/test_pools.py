@@ -6,6 +6,7 @@ timeout suspend of a pool sandbox, and warm containers adopted across a restart.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -211,3 +212,44 @@ def test_warm_containers_are_adopted_across_a_restart() -> None:
         assert subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True,
                               text=True).stdout.split() == []
         subprocess.run(["rm", "-rf", str(data_dir)], check=False)
+
+
+def _instance_containers(emulator: EmulatorProcess) -> dict[str, dict[str, str]]:
+    """sandbox id -> labels of the emulator's containers."""
+    label = f"dev.tensorlake-emulator.instance={instance_label(emulator.data_dir)}"
+    ids = subprocess.run(["docker", "ps", "-q", "--filter", f"label={label}"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    if not ids:
+        return {}
+    out = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout)
+    return {c["Config"]["Labels"]["dev.tensorlake-emulator.sandbox-id"]: c for c in out}
+
+
+def test_a_create_served_by_the_warm_reserve_looks_like_a_cold_one(emulator: EmulatorProcess) -> None:
+    known = {s.sandbox_id for s in Sandbox.list(api_url=emulator.api_url)}
+    _until(lambda: set(_instance_containers(emulator)) - known, "a warm reserve container (TLE_WARM_RESERVE)")
+    time.sleep(1.0)  # its agent answers
+    reserve = set(_instance_containers(emulator)) - known
+    t0 = int(time.time() * 1000)
+    warm = Sandbox.create(cpus=0.5, memory_mb=384, request_timeout=T)
+    t1 = int(time.time() * 1000)
+    # Internet off cannot be served by a warm container (its network is fixed): a cold create.
+    cold = Sandbox.create(cpus=0.5, memory_mb=384, allow_internet_access=False, request_timeout=T)
+    try:
+        assert warm.sandbox_id in reserve and cold.sandbox_id not in reserve
+        info = warm.info()
+        assert t0 - 5 <= info.created_at.timestamp() * 1000 <= t1 + 5 and info.pool_id is None
+        containers = _instance_containers(emulator)
+        for sb in (warm, cold):
+            c = containers[sb.sandbox_id]
+            assert (c["HostConfig"]["NanoCpus"], c["HostConfig"]["Memory"]) == (500_000_000, 384 * 2**20)
+            assert c["Config"]["Labels"].get("dev.tensorlake-emulator.session") == os.environ["TLE_SESSION_LABEL"]
+            assert LABEL_POOL not in c["Config"]["Labels"]
+            assert sb.run("hostname").stdout.strip() == sb.sandbox_id
+        env = [sorted(ln for ln in sb.run("env").stdout.splitlines() if not ln.startswith("HOSTNAME="))
+               for sb in (warm, cold)]
+        assert env[0] == env[1]
+        assert warm.run("ls", ["/tmp"]).stdout == cold.run("ls", ["/tmp"]).stdout
+    finally:
+        warm.terminate()
+        cold.terminate()
