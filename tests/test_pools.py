@@ -190,9 +190,13 @@ def test_warm_containers_are_adopted_across_a_restart() -> None:
     try:
         pool_id = subprocess.run(
             ["curl", "-s", "-X", "POST", f"{base}/sandbox-pools", "-d",
-             json.dumps({"image": IMAGE, "resources": {"memory_mb": 256}, "warm_containers": 1})],
+             json.dumps({"image": IMAGE, "resources": {"memory_mb": 256, "ephemeral_disk_mb": 4096},
+                         "warm_containers": 1})],
             capture_output=True, text=True, check=True)
         pool_id = json.loads(pool_id.stdout)["pool_id"]
+        # The field name SDKs up to 0.5.113 send for disk_mb, served back under both names.
+        resources = _api(f"{base}/sandbox-pools/{pool_id}")["resources"]
+        assert resources["disk_mb"] == resources["ephemeral_disk_mb"] == 4096
         _until(lambda: len(_pool_containers(pool_id)) == 1 and _api(f"{base}/sandbox-pools/{pool_id}")["containers"],
                "warm container")
         time.sleep(1.5)  # its agent answers
