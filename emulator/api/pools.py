@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from emulator.api import validation
-from emulator.api.lifecycle import _json, _mgr, _ns, _parse, answer_create
+from emulator.api.lifecycle import _json, _mgr, _ns, _parse, answer_create, create_budget
 from emulator.api.pool_wire import ClaimRequest, CreatePoolResponse, PoolRequest, pool_info
 from emulator.errors import NotSupported
 
@@ -62,8 +62,10 @@ async def claim(request: Request, pool_id: str) -> JSONResponse:
     pools = _mgr(request).pools
     pool = pools.lookup(_ns(request), pool_id)
     req = await _parse(request, ClaimRequest)
+    session = _session(request)
     if req.file_systems:
         # Mounts would need `claim_configuration_applied: true`; without file systems there is nothing to apply.
         raise NotSupported("Tensorlake Artifact Storage file systems have no local equivalent in this emulator")
-    rec = await pools.claim(pool, _session(request))
-    return await answer_create(request, rec, None)
+    budget = create_budget(request, None)
+    rec = await pools.claim(pool, session)
+    return await answer_create(request, rec, None, budget)
