@@ -17,12 +17,14 @@ IMAGE = os.environ.get("TLE_DEFAULT_IMAGE", "tensorlake-emulator/sandbox:latest"
 BENCH_LABEL = "dev.tensorlake-emulator.bench=1"
 
 
-def start_emulator() -> EmulatorProcess:
-    """Sets TENSORLAKE_API_URL (before tensorlake is imported by the caller) and starts an emulator."""
+def start_emulator(extra_env: dict[str, str] | None = None, set_env: bool = True) -> EmulatorProcess:
+    """Starts an emulator; sets TENSORLAKE_API_URL to it (before tensorlake is imported by the caller)
+    unless `set_env` is False (a second emulator, addressed with api_url=)."""
     api, proxy = free_port(), free_port()
-    os.environ["TENSORLAKE_API_URL"] = f"http://localhost:{api}"
+    if set_env:
+        os.environ["TENSORLAKE_API_URL"] = f"http://localhost:{api}"
     return EmulatorProcess(data_dir=Path(tempfile.mkdtemp(prefix="tle-bench-")), api_port=api,
-                           proxy_port=proxy).start()
+                           proxy_port=proxy, extra_env=extra_env or {}).start()
 
 
 def stop_emulator(emu: EmulatorProcess) -> None:

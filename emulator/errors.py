@@ -22,6 +22,17 @@ class NotFound(EmulatorError):
     code = "NOT_FOUND"
 
 
+class PoolNotFound(NotFound):
+    """The SDK raises PoolNotFoundError on a 404 of a pool call (PROTOCOL.md §13)."""
+
+
+class PoolInUse(EmulatorError):
+    """Deleting a pool that has active claimed sandboxes: the SDK raises PoolInUseError on the 409."""
+
+    status = 409
+    code = "POOL_IN_USE"
+
+
 class NameConflict(EmulatorError):
     status = 409
     code = "NAME_CONFLICT"

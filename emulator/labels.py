@@ -19,6 +19,7 @@ LABEL_INSTANCE = f"{LABEL_PREFIX}.instance"
 LABEL_NAMESPACE = f"{LABEL_PREFIX}.namespace"
 LABEL_SESSION = f"{LABEL_PREFIX}.session"
 LABEL_SNAPSHOT = f"{LABEL_PREFIX}.snapshot-id"
+LABEL_POOL = f"{LABEL_PREFIX}.pool-id"  # warm and claimed containers of a pool
 LABEL_CANARY = f"{LABEL_PREFIX}.canary"
 # The repository every filesystem snapshot is committed to (`tensorlake-emulator/snapshot:<tag>`).
 SNAPSHOT_REPO = "tensorlake-emulator/snapshot"

@@ -90,8 +90,11 @@ async def serve(settings: Settings) -> None:
                                  GatePolicy.for_port(settings, proxy=False), "api"), request_log, "api", resolve)
     proxy_app = RequestLogger(Gate(ProxyApp(manager, agents), GatePolicy.for_port(settings, proxy=True), "proxy"),
                               request_log, "proxy", resolve)
+    # Keep-alive longer than the SDK's idle pool (reqwest: 90 s less its own margin): with uvicorn's
+    # 5 s default, a call made ~5 s after the last one races the server's close and fails with
+    # "error sending request" (seen in the SDK's own test_lifecycle.py, which sleeps 5 s).
     api = _Server(uvicorn.Config(api_app, host=settings.bind, port=settings.api_port, log_level=settings.log_level,
-                                 lifespan="off", access_log=False, http=JsonErrorsH11Protocol,
+                                 lifespan="off", access_log=False, timeout_keep_alive=75, http=JsonErrorsH11Protocol,
                                  ws=JsonErrorsWebSocketProtocol))
     proxy = _Server(uvicorn.Config(proxy_app, host=settings.bind, port=settings.proxy_port,
                                    log_level=settings.log_level, lifespan="off", access_log=False,

@@ -76,6 +76,11 @@ class Crashable:
             row = db.execute("SELECT body FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
         return json.loads(row[0])
 
+    def warm_sandbox_ids(self) -> set[str]:
+        with sqlite3.connect(self.data_dir / "state.sqlite3") as db:
+            rows = db.execute("SELECT body FROM pools").fetchall()
+        return {w["sandbox_id"] for (body,) in rows for w in json.loads(body)["warm"]}
+
     def create(self, **body: object) -> str:
         r = httpx.post(f"{self.api}/sandboxes", json={"resources": {"cpus": 0.5, "memory_mb": 512}, **body},
                        headers={"x-tensorlake-request-timeout-ms": "30000",
@@ -88,13 +93,17 @@ class Crashable:
         folders and images for existing, not-failed snapshots only; nothing frozen."""
         boxes = self.sandboxes()
         live = {i: s for i, s in boxes.items() if s["status"] != "terminated"}
-        ours = subprocess.run(["docker", "ps", "-aq", "--no-trunc", "--filter",
+        rows = subprocess.run(["docker", "ps", "-a", "--no-trunc", "--format",
+                               '{{.ID}} {{.Label "dev.tensorlake-emulator.sandbox-id"}}', "--filter",
                                f"label=dev.tensorlake-emulator.instance={instance_label(self.data_dir)}"],
-                              capture_output=True, text=True, check=True).stdout.split()
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+        # Warm containers (the warm reserve, pools) run under sandbox ids their pool records hold.
+        warm = self.warm_sandbox_ids()
+        ours = {cid for cid, sid in (r.split() for r in rows) if sid not in warm}
         live_cids = {self.stored(i)["container_id"] for i in live}
-        assert set(ours) == live_cids, (ours, live)
+        assert ours == live_cids, (ours, live)
         run_dirs = {p.name for p in (self.data_dir / "run").iterdir()} if (self.data_dir / "run").exists() else set()
-        assert run_dirs == set(live), (run_dirs, set(live))
+        assert run_dirs - warm == set(live), (run_dirs, set(live))
         dumps = self.data_dir / "dumps"
         leftover = {p.name for p in dumps.iterdir() if p.is_dir()} - live_cids if dumps.exists() else set()
         assert not leftover

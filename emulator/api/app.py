@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from emulator.api import control, errors
 from emulator.api.lifecycle import router
+from emulator.api.pools import router as pool_router
 from emulator.config import Settings
 from emulator.manager.sandboxes import SandboxManager
 from emulator.request_log import RequestLog
@@ -37,6 +38,7 @@ def build_api(settings: Settings, manager: SandboxManager, request_log: RequestL
 
     app.include_router(control.router)
     app.include_router(control.metrics_router)
-    app.include_router(router, prefix="/v1/namespaces/{namespace}")
-    app.include_router(router)
+    for r in (router, pool_router):
+        app.include_router(r, prefix="/v1/namespaces/{namespace}")
+        app.include_router(r)
     return app

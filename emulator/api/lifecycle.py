@@ -94,18 +94,30 @@ async def create_sandbox(request: Request) -> Response:
     session = validation.session_label(request.headers.get("x-tle-session"))
     if req.file_systems:
         raise NotSupported("Tensorlake Artifact Storage file systems have no local equivalent in this emulator")
-    # A blocking create (docs/protocol.md §6.1) answers within the client's budget less its grace.
-    blocking = req.wait is not False and request.headers.get("x-tensorlake-request-timeout-grace-ms") is not None
+    budget = create_budget(request, req.wait)  # a bad header is a 400 before anything is made
+    rec = await _mgr(request).create(ns, req.to_spec(session or request.app.state.settings.session_label or None))
+    return await answer_create(request, rec, req.wait, budget)
+
+
+def create_budget(request: Request, wait: bool | None) -> float | None:
+    """Seconds a create or claim may wait for its sandbox (docs/protocol.md §6.1): the client's budget less its
+    grace for a blocking call (Grace header), None otherwise. BadRequest for a malformed header."""
     budget_ms = (_header_ms(request, "x-tensorlake-request-timeout-ms")
                  - _header_ms(request, "x-tensorlake-request-timeout-grace-ms"))
-    mgr = _mgr(request)
+    blocking = wait is not False and request.headers.get("x-tensorlake-request-timeout-grace-ms") is not None
+    return max(0.0, budget_ms / 1000 - 0.25) if blocking else None
+
+
+async def answer_create(request: Request, rec: Any, wait: bool | None, budget: float | None) -> JSONResponse:
+    """The answer to a create or a pool claim: 202 at once for `wait: false`; a blocking call (`budget`
+    seconds) waits for the launch and answers `timeout` or `failed` when it did not start; a legacy
+    call answers at once."""
     proxy_url = request.app.state.settings.advertised_proxy_url
-    rec = await mgr.create(ns, req.to_spec(session or request.app.state.settings.session_label or None))
-    if req.wait is False:
+    if wait is False:
         return _json(wire.create_response(rec, proxy_url), 202)
-    if not blocking:
+    if budget is None:
         return _json(wire.create_response(rec, proxy_url))  # legacy create: answer at once
-    await mgr.wait_started(rec, max(0.0, budget_ms / 1000 - 0.25))
+    await _mgr(request).wait_started(rec, budget)
     if rec.status == "pending":
         return _json(wire.create_response(rec, proxy_url, status="timeout"))
     if rec.status == "terminated":
@@ -242,8 +254,3 @@ async def list_archived(request: Request) -> JSONResponse:
 async def file_systems(request: Request, ident: str) -> JSONResponse:
     _mgr(request).lookup(_ns(request), ident)
     raise NotSupported("Tensorlake Artifact Storage file systems have no local equivalent in this emulator")
-
-
-@router.api_route("/sandbox-pools{rest:path}", methods=["GET", "POST", "PUT", "DELETE"])
-async def pools(request: Request, rest: str) -> JSONResponse:
-    raise NotSupported("Sandbox pools are not supported by this emulator")

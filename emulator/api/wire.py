@@ -179,6 +179,7 @@ def sandbox_info(rec: SandboxRecord, proxy_url: str, runtime: str) -> SandboxInf
         resources=Resources(cpus=rec.cpus, memory_mb=_readable_int(rec.memory_mb) or 0,
                             disk_mb=_readable_int(rec.disk_mb) or 0, ephemeral_disk_mb=_readable_int(rec.disk_mb) or 0),
         timeout_secs=_readable_int(rec.timeout_secs), entrypoint=rec.entrypoint, network_policy=rec.network_policy,
+        pool_id=rec.pool_id,
         outcome=rec.outcome, termination_reason=rec.termination_reason, error_details=rec.error_details,
         created_at=rec.created_at, started_at=rec.started_at, terminated_at=rec.terminated_at,
         allow_unauthenticated_access=rec.allow_unauthenticated_access,

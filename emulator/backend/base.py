@@ -16,6 +16,7 @@ from typing import Protocol
 from emulator.labels import (  # noqa: F401
     LABEL_INSTANCE,
     LABEL_NAMESPACE,
+    LABEL_POOL,
     LABEL_PREFIX,
     LABEL_SANDBOX,
     LABEL_SESSION,

@@ -136,10 +136,18 @@ def _print_namespace(ns: str, data: dict[str, Any], all_: bool) -> None:
         rows = [[s["id"], s["sandbox_id"], s["status"], s.get("snapshot_type") or "-",
                  str(s.get("size_bytes") or "-"), _fmt_ms(s.get("created_at"))] for s in snaps]
         print(_table(rows, ["ID", "SANDBOX", "STATUS", "TYPE", "SIZE_BYTES", "CREATED"]))
+    pools = data.get("pools") or []
+    print(f"namespace {ns}: {len(pools)} pool(s)")
+    if pools:
+        rows = [[p["id"], p["image"], str(p.get("warm_containers") or 0), str(p.get("max_containers") or "-"),
+                 str(sum(c.get("sandbox_id") is None for c in p.get("containers") or [])),
+                 str(sum(c.get("sandbox_id") is not None for c in p.get("containers") or [])),
+                 _fmt_ms(p.get("created_at"))] for p in pools]
+        print(_table(rows, ["ID", "IMAGE", "WARM", "MAX", "IDLE", "CLAIMED", "CREATED"]))
 
 
 def list_(args: argparse.Namespace) -> int:
-    """Print (or --json) the sandboxes and snapshots of a running emulator, per namespace."""
+    """Print (or --json) the sandboxes, snapshots and pools of a running emulator, per namespace."""
     import os
 
     url = emulator_url(args)
@@ -149,9 +157,11 @@ def list_(args: argparse.Namespace) -> int:
         for ns in namespaces:
             sandboxes = get_json(f"{url}/v1/namespaces/{ns}/sandboxes")["sandboxes"]
             snapshots = get_json(f"{url}/v1/namespaces/{ns}/snapshots")["snapshots"]
+            pools = [get_json(f"{url}/v1/namespaces/{ns}/sandbox-pools/{p['id']}")
+                     for p in get_json(f"{url}/v1/namespaces/{ns}/sandbox-pools")["pools"]]
             if not args.all:
                 sandboxes = [s for s in sandboxes if s.get("status") != "terminated"]
-            out[ns] = {"sandboxes": sandboxes, "snapshots": snapshots}
+            out[ns] = {"sandboxes": sandboxes, "snapshots": snapshots, "pools": pools}
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         return fail(f"cannot list from the emulator at {url}: {http_reason(exc)}")
     if args.json:

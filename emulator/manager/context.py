@@ -1,4 +1,4 @@
-"""What the manager's parts share: settings, the table, the engine, the agents and the checkpoint engine."""
+"""What the manager's parts share: settings, the tables, the engine, the agents and the checkpoint engine."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from emulator.agent_client import AgentClients
 from emulator.backend.base import EngineInfo, RuntimeBackend
 from emulator.checkpoints.engine import CheckpointEngine
 from emulator.config import Settings
+from emulator.manager.pool_table import PoolTable
 from emulator.manager.run_dirs import RunDirs
 from emulator.manager.table import SandboxTable
 from emulator.manager.tasks import TaskSet
@@ -26,6 +27,7 @@ class ManagerContext:
     agents: AgentClients
     checkpoints: CheckpointEngine
     run_dirs: RunDirs
+    pools: PoolTable
     tasks: TaskSet = field(default_factory=TaskSet)
     engine: EngineInfo | None = None
     # why the last suspend or resume of a sandbox failed, read once by the API

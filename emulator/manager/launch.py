@@ -6,7 +6,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from emulator.backend.base import LABEL_NAMESPACE, LABEL_SESSION, ContainerSpec
+from emulator.backend.base import LABEL_NAMESPACE, LABEL_POOL, LABEL_SESSION, ContainerSpec
 from emulator.errors import EmulatorError
 from emulator.manager import egress
 from emulator.manager.context import ManagerContext
@@ -27,8 +27,9 @@ def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> Conta
         network=egress.needs_interface(rec.network_policy),
         agent_dir=ctx.run_dirs.make(rec.id), agent_code=AGENT_CODE, entrypoint=rec.entrypoint,
         env={"TLE_OUTPUT_LIMIT_BYTES": str(ctx.settings.agent_output_limit), **egress.entrypoint_gate(rec)},
-        labels={LABEL_NAMESPACE: rec.namespace, **({LABEL_SESSION: rec.session_label}
-                                                   if rec.session_label else {})},
+        labels={LABEL_NAMESPACE: rec.namespace,
+                **({LABEL_SESSION: rec.session_label} if rec.session_label else {}),
+                **({LABEL_POOL: rec.pool_id} if rec.pool_id else {})},
     )
 
 

@@ -1,7 +1,8 @@
 """Deadlines (docs/protocol.md §6.1 `timeout_secs`, `max_pending_secs`): one pass at a given time.
 
-A named sandbox reaching its timeout is suspended (the cloud keeps named sandboxes); an unnamed one,
-or a named one that cannot be suspended, is terminated.
+A named sandbox reaching its timeout is suspended (the cloud keeps named sandboxes), and so is one
+claimed from a pool (§11: the SDK's own test expects `suspended` with no outcome); any other, or
+one that cannot be suspended, is terminated.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ async def reap_once(ctx: ManagerContext, now: float) -> list[tuple[str, str]]:
             fired.append((rec.id, "pending_timeout"))
         if rec.status != S.running or rec.deadline_ms is None or rec.deadline_ms > now:
             continue
-        if rec.name and ctx.checkpoints.memory_available:
-            log.info("sandbox %s reached its timeout: suspending (named)", rec.id)
+        if (rec.name or rec.pool_id) and ctx.checkpoints.memory_available:
+            log.info("sandbox %s reached its timeout: suspending (named or claimed from a pool)", rec.id)
             rec.deadline_ms = None
             ctx.tasks.spawn("timeout-suspend", rec.id, _suspend_on_timeout(ctx, rec))
             fired.append((rec.id, "suspend"))

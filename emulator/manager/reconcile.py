@@ -2,7 +2,8 @@
 
 Design: docs/protocol.md §11 and docs/protocol.md §11. A transition cut off by a stop or a crash
 ends where the container says it is; containers with our label and no live record are removed;
-run folders of sandboxes that are gone are removed.
+run folders of sandboxes that are gone are removed. Pools' warm containers are adopted or
+replaced first (manager/warm.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from emulator.manager.context import ManagerContext
+from emulator.manager.warm import QUEUED, reconcile_pools
 from emulator.model.records import SandboxRecord
 from emulator.model.states import SandboxStatus
 
@@ -20,9 +22,10 @@ S = SandboxStatus
 async def reconcile(ctx: ManagerContext) -> None:
     """Records against containers, once, before the API serves."""
     containers = {c.sandbox_id: c for c in await ctx.backend.list_ours()}
+    await reconcile_pools(ctx, containers)
     for rec in ctx.table:
-        if not rec.live:
-            continue
+        if not rec.live or (rec.status == S.pending and rec.pending_reason == QUEUED and not rec.container_id):
+            continue  # a pool claim still waiting for room has no container yet
         c = containers.pop(rec.id, None)
         if c is not None and rec.container_id != c.container_id:
             # A create or restore cut off before it recorded its container: the label says whose it is.
@@ -51,7 +54,7 @@ async def reconcile(ctx: ManagerContext) -> None:
     for orphan in containers.values():
         log.info("removing orphan container %s (sandbox %s)", orphan.container_id[:12], orphan.sandbox_id)
         await ctx.backend.remove(orphan.container_id)
-    ctx.run_dirs.sweep({r.id for r in ctx.table if r.live})
+    ctx.run_dirs.sweep({r.id for r in ctx.table if r.live} | ctx.pools.warm_sandbox_ids())
     await ctx.checkpoints.sweep_dumps({r.container_id for r in ctx.table if r.live and r.container_id})
 
 

@@ -29,9 +29,11 @@ from emulator.errors import (
     SandboxNotReady,
     SandboxNotRunning,
 )
-from emulator.manager import egress, reaper, suspension, watch
+from emulator.manager import egress, reaper, reserve, suspension, warm, watch
 from emulator.manager.context import ManagerContext
 from emulator.manager.launch import launch
+from emulator.manager.pool_table import PoolTable
+from emulator.manager.pools import PoolManager
 from emulator.manager.reconcile import reconcile
 from emulator.manager.reset import reset as reset_scope
 from emulator.manager.run_dirs import RunDirs
@@ -57,10 +59,13 @@ class SandboxManager:
     def __init__(self, settings: Settings, store: Store, backend: RuntimeBackend, agents: AgentClients,
                  checkpoints: CheckpointEngine, clock: Callable[[], float] = now_ms) -> None:
         self._ctx = ManagerContext(settings=settings, table=SandboxTable(store), backend=backend, agents=agents,
-                                   checkpoints=checkpoints, run_dirs=RunDirs(settings.data_dir))
+                                   checkpoints=checkpoints, run_dirs=RunDirs(settings.data_dir),
+                                   pools=PoolTable(store))
         self._clock = clock
         self._reaper: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self.pools = PoolManager(self._ctx, self._check_resources)
 
     @property
     def settings(self) -> Settings:
@@ -80,15 +85,18 @@ class SandboxManager:
         offset = await asyncio.to_thread(ctx.table.store.get_meta, CLOCK_META)
         if offset:
             CLOCK.restore(int(offset))  # deadlines on record were set against the advanced clock
+        ctx.pools.load(await asyncio.to_thread(ctx.pools.store.load_pools))
         await reconcile(ctx)
         await egress.reapply_running(ctx)
+        await reserve.ensure_reserve(ctx)
         if reap:
             self._reaper = asyncio.create_task(reaper.reap_forever(ctx, self._clock), name="timeout-reaper")
             self._watch = asyncio.create_task(watch.watch_exits(ctx), name="exit-watch")
+            self._keeper = asyncio.create_task(warm.keep_forever(ctx, self.pools.wake), name="pool-keeper")
 
     async def stop(self) -> None:
         """Stop background work; terminate the live sandboxes when TLE_TERMINATE_ON_EXIT is set."""
-        for task in (self._reaper, self._watch):
+        for task in (self._reaper, self._watch, self._keeper):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -97,6 +105,7 @@ class SandboxManager:
             for rec in self._ctx.table:
                 if rec.live:
                     await self._ctx.terminate(rec, "emulator_shutdown", "Success(UserTerminated)")
+            await self.pools.remove_all_warm()
         await self._ctx.agents.close_all()
 
     async def reap_once(self, now: float) -> list[tuple[str, str]]:
@@ -116,6 +125,10 @@ class SandboxManager:
         """Terminate and delete every sandbox and snapshot of a namespace and/or a session label
         (None: any); the report of manager/reset.py."""
         return await reset_scope(self._ctx, self.terminate, namespace, session)
+
+    async def keep_pools_once(self) -> None:
+        """One pass of the pool reconciler (queued claims, warm targets): what its task does each second."""
+        await warm.keep_once(self._ctx)
 
     # ---- lookups -----------------------------------------------------------------------------
 
@@ -172,15 +185,23 @@ class SandboxManager:
         if snap is None and not await ctx.backend.image_exists(image):
             raise ImageNotFound(f"Image '{image}' not found locally; no registry is reachable, so build or "
                                 "load it into Docker first (docker images lists what is there)")
+        # A running container of the warm reserve when one fits (manager/reserve.py), else a launch.
+        warm_entry = None if snap is not None else await reserve.take(ctx, namespace, spec, image,
+                                                                      self.pools.take_warm)
         rec = SandboxRecord(
-            id=new_sandbox_id(), namespace=namespace, name=spec.name, image=image, **spec.resolve(base),
-            auto_resume=True if spec.auto_resume is None else spec.auto_resume,
+            id=warm_entry.sandbox_id if warm_entry else new_sandbox_id(), namespace=namespace, name=spec.name,
+            image=image, **spec.resolve(base), auto_resume=True if spec.auto_resume is None else spec.auto_resume,
             max_pending_secs=spec.max_pending_secs, restored_from=spec.snapshot_id,
-            session_label=spec.session_label,
+            session_label=spec.session_label, container_id=warm_entry.container_id if warm_entry else None,
         )
         await ctx.table.add(rec)
-        ctx.tasks.spawn("launch", rec.id, metrics.timed("restore" if snap else "create", launch(ctx, rec, snap),
-                                                        ok=lambda: rec.status == S.running))
+        if warm_entry is not None:
+            ctx.set_deadline(rec)
+            await ctx.table.move(rec, S.running)
+            self.pools.wake.set()  # refill the reserve
+        else:
+            ctx.tasks.spawn("launch", rec.id, metrics.timed("restore" if snap else "create", launch(ctx, rec, snap),
+                                                            ok=lambda: rec.status == S.running))
         return rec
 
     async def wait_started(self, rec: SandboxRecord, timeout: float) -> None:

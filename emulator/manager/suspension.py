@@ -21,7 +21,8 @@ async def start_suspend(ctx: ManagerContext, rec: SandboxRecord) -> bool:
 
     Raises EphemeralSandbox (no name), InvalidState (not running), NotSupported (no CRIU).
     """
-    if not rec.name:
+    if not rec.name and not rec.pool_id:
+        # Pool sandboxes suspend at their timeout (PROTOCOL.md §11), so they suspend and resume too.
         raise EphemeralSandbox(f"Sandbox {rec.id} is ephemeral (created without a name); only named "
                                "sandboxes can be suspended")
     if rec.status == S.suspended:
@@ -59,7 +60,7 @@ async def start_resume(ctx: ManagerContext, rec: SandboxRecord) -> bool:
 
     Raises EphemeralSandbox (no name), InvalidState (neither suspended nor resuming).
     """
-    if not rec.name:
+    if not rec.name and not rec.pool_id:
         raise EphemeralSandbox(f"Sandbox {rec.id} is ephemeral; only named sandboxes can be resumed")
     if rec.status == S.running:
         return False

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, Literal
 
-TaskKind = Literal["launch", "suspend", "resume", "snapshot", "timeout-suspend"]
+TaskKind = Literal["launch", "suspend", "resume", "snapshot", "timeout-suspend", "warm"]
 
 
 class TaskSet:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from emulator.errors import BackendUnavailable, EmulatorError, SandboxNotFound
+from emulator.manager import warm
 from emulator.manager.context import ManagerContext
 from emulator.model.records import SandboxRecord
 from emulator.model.states import SandboxStatus
@@ -58,7 +59,9 @@ async def watch_exits(ctx: ManagerContext) -> None:
             async for container_id in ctx.backend.exits():
                 failures = 0
                 rec = next((r for r in ctx.table if r.container_id == container_id and r.live), None)
-                if rec is not None:
+                if rec is None:
+                    await warm.container_exited(ctx, container_id)
+                else:
                     # Let a transition that stopped it on purpose take the sandbox's lock first.
                     await asyncio.sleep(0.2)
                     await check_dead(ctx, rec)

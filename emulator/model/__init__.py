@@ -2,6 +2,7 @@
 
 - `spec.SandboxSpec`: every create option once (the wire layer builds it, the manager resolves it);
 - `records`: the sandbox and snapshot records the store persists and the manager moves;
+- `pools`: the pool record and its warm containers;
 - `states`: the status enum and the ONE table of legal transitions;
 - `ids`: identifiers and name rules.
 

@@ -72,6 +72,9 @@ class SandboxRecord(SandboxOptions):
     restored_from: str | None = None
     suspend_checkpoint: str | None = None
     session_label: str | None = None
+    # a pool claim: the pool, and the pool's container entry it took (its id in `get_pool`)
+    pool_id: str | None = None
+    pool_container_id: str | None = None
 
     @property
     def live(self) -> bool:

@@ -11,14 +11,18 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from emulator.model.pools import PoolRecord
 from emulator.model.records import SandboxRecord, SnapshotRecord
 
-SCHEMA_VERSION = 1
+# 2: the pools table (added alone: the tables of version 1 are unchanged, so no data moves)
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
     id TEXT PRIMARY KEY, namespace TEXT NOT NULL, name TEXT, status TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY, namespace TEXT NOT NULL, sandbox_id TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pools (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -30,7 +34,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -78,3 +82,16 @@ class Store:
 
     async def set_meta(self, key: str, value: str) -> None:
         await asyncio.to_thread(self._exec, "INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def load_pools(self) -> list[PoolRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT body FROM pools").fetchall()
+        return [PoolRecord.model_validate_json(r[0]) for r in rows]
+
+    async def save_pool(self, rec: PoolRecord) -> None:
+        await asyncio.to_thread(
+            self._exec, "INSERT OR REPLACE INTO pools VALUES (?, ?, ?)", (rec.id, rec.namespace, rec.model_dump_json()),
+        )
+
+    async def delete_pool(self, pool_id: str) -> None:
+        await asyncio.to_thread(self._exec, "DELETE FROM pools WHERE id = ?", (pool_id,))

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,10 @@ def labelled_emulator():  # noqa: ANN201
     data_dir = Path(tempfile.mkdtemp(prefix="tle-c-", dir="/tmp"))
     label = f"cli-test-{os.getpid()}-{data_dir.name}"
     # Sandboxes outlive this emulator, so the cleanup command has something to find.
-    proc = EmulatorProcess(data_dir=data_dir, session_label=label, extra_env={"TLE_TERMINATE_ON_EXIT": "0"}).start()
+    # No warm reserve: these tests count the containers of the sandboxes they make (the reserve's own
+    # cleanup is test_cleanup_by_session_label_removes_warm_containers).
+    proc = EmulatorProcess(data_dir=data_dir, session_label=label,
+                           extra_env={"TLE_TERMINATE_ON_EXIT": "0", "TLE_WARM_RESERVE": "0"}).start()
     yield proc, label
     proc.stop()
     from sdk_shim.docker_sweep import session_selector, sweep
@@ -113,6 +117,25 @@ def test_cleanup_by_session_label(labelled_emulator) -> None:  # noqa: ANN001
     assert out.returncode == 0, out.stdout + out.stderr
     assert "removed 1 container(s) and 1 image(s)" in out.stdout
     assert session_leftovers(label) == ([], [])
+
+
+def test_cleanup_by_session_label_removes_warm_containers() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="tle-c-", dir="/tmp"))
+    label = f"cli-warm-{os.getpid()}-{data_dir.name}"
+    emu = EmulatorProcess(data_dir=data_dir, session_label=label,
+                          extra_env={"TLE_TERMINATE_ON_EXIT": "0", "TLE_WARM_RESERVE": "2"}).start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(session_leftovers(label)[0]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(session_leftovers(label)[0]) == 2, "the warm reserve carries the session label"
+        emu.stop()  # TLE_TERMINATE_ON_EXIT=0: the warm containers stay
+        out = cli("cleanup", "--session", label)
+        assert out.returncode == 0 and "removed 2 container(s)" in out.stdout, out.stdout + out.stderr
+        assert session_leftovers(label) == ([], [])
+    finally:
+        emu.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_cleanup_by_instance_after_the_emulator_stopped(labelled_emulator) -> None:  # noqa: ANN001

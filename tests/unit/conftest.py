@@ -39,7 +39,8 @@ def _manager(settings: Settings, store: Store, backend: FakeBackend, agents: Fak
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    settings = Settings(data_dir=tmp_path / "data", startup_timeout=1.0)
+    # No warm reserve by default: these tests count containers (tests/unit/test_pools.py turns it on).
+    settings = Settings(data_dir=tmp_path / "data", startup_timeout=1.0, warm_reserve=0)
     store = Store(settings.data_dir / "state.sqlite3")
     backend = FakeBackend()
     mechanism = FakeMechanism(backend, tmp_path / "dumps")

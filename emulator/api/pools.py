@@ -1,0 +1,71 @@
+"""Pool routes (PROTOCOL.md §6.8, §13): create, list, get, PUT, delete, and claim a sandbox.
+
+Mounted with the lifecycle router (namespaced and flat). 404 is PoolNotFoundError and a 409 on
+delete PoolInUseError for the SDK; a claim answers like a create (lifecycle.answer_create).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from emulator.api import validation
+from emulator.api.lifecycle import _json, _mgr, _ns, _parse, answer_create, create_budget
+from emulator.api.pool_wire import ClaimRequest, CreatePoolResponse, PoolRequest, pool_info
+from emulator.errors import NotSupported
+
+router = APIRouter()
+
+
+def _session(request: Request) -> str | None:
+    return validation.session_label(request.headers.get("x-tle-session")) or \
+        request.app.state.settings.session_label or None
+
+
+@router.post("/sandbox-pools")
+async def create_pool(request: Request) -> JSONResponse:
+    req = await _parse(request, PoolRequest)
+    pool = await _mgr(request).pools.create(_ns(request), req.to_config(_session(request)))
+    return _json(CreatePoolResponse(pool_id=pool.id, namespace=pool.namespace))
+
+
+@router.get("/sandbox-pools")
+async def list_pools(request: Request) -> JSONResponse:
+    pools = _mgr(request).pools.list_pools(_ns(request))
+    return JSONResponse({"pools": [pool_info(p).model_dump(mode="json") for p in pools]})
+
+
+@router.get("/sandbox-pools/{pool_id}")
+async def get_pool(request: Request, pool_id: str) -> JSONResponse:
+    pools = _mgr(request).pools
+    pool = pools.lookup(_ns(request), pool_id)
+    return _json(pool_info(pool, pools.containers(pool)))
+
+
+@router.put("/sandbox-pools/{pool_id}")
+async def update_pool(request: Request, pool_id: str) -> JSONResponse:
+    pools = _mgr(request).pools
+    pool = pools.lookup(_ns(request), pool_id)
+    req = await _parse(request, PoolRequest)
+    return _json(pool_info(await pools.update(pool, req.to_config(pool.session_label))))
+
+
+@router.delete("/sandbox-pools/{pool_id}")
+async def delete_pool(request: Request, pool_id: str) -> Response:
+    pools = _mgr(request).pools
+    await pools.delete(pools.lookup(_ns(request), pool_id))
+    return Response(status_code=200)
+
+
+@router.post("/sandbox-pools/{pool_id}/sandboxes")
+async def claim(request: Request, pool_id: str) -> JSONResponse:
+    pools = _mgr(request).pools
+    pool = pools.lookup(_ns(request), pool_id)
+    req = await _parse(request, ClaimRequest)
+    session = _session(request)
+    if req.file_systems:
+        # Mounts would need `claim_configuration_applied: true`; without file systems there is nothing to apply.
+        raise NotSupported("Tensorlake Artifact Storage file systems have no local equivalent in this emulator")
+    budget = create_budget(request, None)
+    rec = await pools.claim(pool, session)
+    return await answer_create(request, rec, None, budget)
