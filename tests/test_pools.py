@@ -250,8 +250,9 @@ def test_a_create_served_by_the_warm_reserve_looks_like_a_cold_one(emulator: Emu
             assert c["Config"]["Labels"].get("dev.tensorlake-emulator.session") == os.environ["TLE_SESSION_LABEL"]
             assert LABEL_POOL not in c["Config"]["Labels"]
             assert sb.run("hostname").stdout.strip() == sb.sandbox_id
-        env = [sorted(ln for ln in sb.run("env").stdout.splitlines() if not ln.startswith("HOSTNAME="))
-               for sb in (warm, cold)]
+        # the host name is the sandbox id; the process-tree marker is one token per started process
+        own = ("HOSTNAME=", "TLE_PROCESS_TREE=")
+        env = [sorted(ln for ln in sb.run("env").stdout.splitlines() if not ln.startswith(own)) for sb in (warm, cold)]
         assert env[0] == env[1]
         assert warm.run("ls", ["/tmp"]).stdout == cold.run("ls", ["/tmp"]).stdout
     finally:

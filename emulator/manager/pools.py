@@ -168,7 +168,10 @@ class PoolManager:
                 return entry
             await warm.discard(self._ctx, pool, entry)
 
-    async def remove_all_warm(self) -> None:
-        """Remove every pool's warm containers (emulator shutdown with TLE_TERMINATE_ON_EXIT)."""
+    async def remove_all_warm(self, reserve_only: bool = False) -> None:
+        """Remove the warm containers of every pool (emulator shutdown with TLE_TERMINATE_ON_EXIT), or of
+        the emulator's own reserve only (any other shutdown: it is capacity, refilled in the background at
+        the next start, not something a user made)."""
         for pool in self._ctx.pools:
-            await warm.discard_all(self._ctx, pool, wait_s=5.0)
+            if pool.reserve or not reserve_only:
+                await warm.discard_all(self._ctx, pool, wait_s=5.0)

@@ -106,6 +106,8 @@ class SandboxManager:
                 if rec.live:
                     await self._ctx.terminate(rec, "emulator_shutdown", "Success(UserTerminated)")
             await self.pools.remove_all_warm()
+        else:
+            await self.pools.remove_all_warm(reserve_only=True)
         await self._ctx.agents.close_all()
 
     async def reap_once(self, now: float) -> list[tuple[str, str]]:
