@@ -12,7 +12,7 @@ import traceback
 from typing import TYPE_CHECKING
 
 from agent_log import log, now_ms
-from output_buffer import STDERR, STDOUT
+from output_buffer import STDERR, STDOUT, OutputLine
 
 if TYPE_CHECKING:
     from process_table import Proc, ProcessTable
@@ -141,7 +141,7 @@ class Child:
 
     def _emit(self, s: int, raw_lines: list) -> None:
         ts = now_ms()
-        self.proc.buffer.extend([(s, b.decode("utf-8", "replace"), ts, len(b) + 1) for b in raw_lines])
+        self.proc.buffer.extend([OutputLine.of(s, b, ts) for b in raw_lines])
 
     def _flush_partial(self, s: int) -> None:
         partial = self.partial[s]
