@@ -64,7 +64,7 @@ class PtyApi:
 
     async def h_pty_delete(self, conn: Connection, session: PtySession) -> None:
         self.pty_sessions.pop(session.id, None)
-        session.terminate()
+        session.delete()
         await conn.send(204)
 
     async def h_pty_resize(self, conn: Connection, req: Request, session: PtySession) -> None:
