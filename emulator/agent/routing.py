@@ -42,7 +42,8 @@ class Route(NamedTuple):
         if len(segs) != len(self.pattern):
             return None
         params = {}
-        for want, got in zip(self.pattern, segs, strict=True):
+        for i, want in enumerate(self.pattern):  # same length, checked above (and no zip(strict=) on 3.9)
+            got = segs[i]
             if want.startswith("{"):
                 params[want[1:-1]] = got
             elif want != got:
