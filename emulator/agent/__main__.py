@@ -151,7 +151,8 @@ Modules
 ``pty_api``         the ``/pty`` handlers and the session registry
 ``pty_session``     a process on a pseudo-terminal and its attached client
 ``tcp_tunnel``      the ``/tunnels/tcp`` handler: relay to a port inside the sandbox
-``frame_protocol``  upgraded connections: the frames the proxy maps to WebSocket messages
+``frame_protocol``  upgraded connections: the frames the proxy maps to WebSocket messages (imported by it)
+``frame_upgrade``   the 101 answer that switches a connection to frames
 ``errors``          HttpError, SpawnError and the shell-like spawn failure messages
 ``agent_log``       log lines on stderr, millisecond timestamps
 """

@@ -4,7 +4,6 @@ buffer, its exit status as reported by the reaper, its stdin pipe, and signals t
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import signal
 import time
@@ -12,14 +11,13 @@ import traceback
 from typing import TYPE_CHECKING
 
 from agent_log import log, now_ms
-from output_buffer import STDERR, STDOUT
+from output_buffer import STDERR, STDOUT, OutputLine
+from supervised import FdWriter, Supervised
 
 if TYPE_CHECKING:
     from process_table import Proc, ProcessTable
-    from process_tree import Tree
 
 PIPE_READ = 256 * 1024
-EXIT_DRAIN_GRACE = 0.25  # how long output is still awaited after the exit (a background job may hold the pipes)
 
 
 def read_oom_kills() -> int | None:
@@ -35,42 +33,33 @@ def read_oom_kills() -> int | None:
     return None
 
 
-class Child:
-    """One OS process (one incarnation of a table entry)."""
+class Child(Supervised):
+    """One OS process (one incarnation of a table entry); reaping and signals are the shared core's
+    (supervised)."""
 
     def __init__(self, table: ProcessTable, proc: Proc, popen, out_fds: dict, stdin_fd: int | None, timeout):
-        self.table = table
+        super().__init__(table)
         self.proc = proc
-        self.loop = table.loop
         self.popen = popen
         self.pid = popen.pid
         self.started_at = now_ms()
         self.start_mono = time.monotonic()
-        self.ended_at: int | None = None
         self.exit_code: int | None = None
         self.signal: int | None = None
         self.oom_killed = False
         self.timed_out = False
-        self.kill_sent = False
-        self.reaped = False
         self.finished = False
         self.done = self.loop.create_future()
         self.partial = {STDOUT: bytearray(), STDERR: bytearray()}
         self.open_fds: dict = {}
-        self.grace_handle: asyncio.TimerHandle | None = None
-        self.escalate_handle: asyncio.TimerHandle | None = None
         self.timeout_handle: asyncio.TimerHandle | None = None
-        self.tree: Tree | None = None  # everything this process spawns (process_tree), set once started
         for fd, s in out_fds.items():
             os.set_blocking(fd, False)
             self.open_fds[fd] = s
             self.loop.add_reader(fd, self._on_readable, fd, s)
-        self.stdin_fd = stdin_fd
+        self.stdin = FdWriter(self.loop, stdin_fd, "stdin")
         self.stdin_pipe = stdin_fd is not None
-        self.stdin_wait: asyncio.Future | None = None
         self.stdin_lock = asyncio.Lock()
-        if stdin_fd is not None:
-            os.set_blocking(stdin_fd, False)
         if timeout:
             self.timeout_handle = self.loop.call_later(timeout, self._on_timeout)
 
@@ -86,8 +75,12 @@ class Child:
         return "exited"
 
     @property
+    def stdin_fd(self) -> int | None:
+        return self.stdin.fd
+
+    @property
     def stdin_writable(self) -> bool:
-        return self.stdin_fd is not None
+        return self.stdin.fd is not None
 
     def exit_event(self) -> dict:
         if self.timed_out:
@@ -141,7 +134,7 @@ class Child:
 
     def _emit(self, s: int, raw_lines: list) -> None:
         ts = now_ms()
-        self.proc.buffer.extend([(s, b.decode("utf-8", "replace"), ts, len(b) + 1) for b in raw_lines])
+        self.proc.buffer.extend([OutputLine.of(s, b, ts) for b in raw_lines])
 
     def _flush_partial(self, s: int) -> None:
         partial = self.partial[s]
@@ -186,15 +179,7 @@ class Child:
     def on_reaped(self, status: int) -> None:
         if self.reaped:
             return
-        self.reaped = True
-        self.ended_at = now_ms()
-        if os.WIFSIGNALED(status):
-            self.signal = os.WTERMSIG(status)
-            self.exit_code = None
-        elif os.WIFEXITED(status):
-            self.exit_code = os.WEXITSTATUS(status)
-        else:  # cannot happen without WUNTRACED
-            self.exit_code = -1
+        self.exit_code, self.signal = self._mark_reaped(status)
         self.popen.returncode = self.exit_code if self.signal is None else -self.signal
         oom_now = read_oom_kills()
         if self.signal == signal.SIGKILL and not self.kill_sent and not self.timed_out:
@@ -208,10 +193,7 @@ class Child:
             self.timeout_handle = None
         # a pending escalation (terminate) stays: it also ends what is left of the tree after the exit
         self.close_stdin()
-        if not self.open_fds:
-            self._finish()
-        else:
-            self.grace_handle = self.loop.call_later(EXIT_DRAIN_GRACE, self._grace_expired)
+        self._await_output(not self.open_fds)
 
     def _grace_expired(self) -> None:
         self.grace_handle = None
@@ -224,9 +206,7 @@ class Child:
         if self.finished:
             return
         self.finished = True
-        if self.grace_handle is not None:
-            self.grace_handle.cancel()
-            self.grace_handle = None
+        self._cancel_grace()
         if not self.done.done():
             self.done.set_result(None)
         try:
@@ -240,99 +220,14 @@ class Child:
             self.timed_out = True
             self.kill_tree(signal.SIGKILL)
 
-    def signal_group(self, sig: int) -> bool:
-        if sig == signal.SIGKILL:
-            self.kill_sent = True
-        if self.reaped and self.pid in self.table.children:
-            return False  # pid reused by another of our children: do not touch its group
-        try:
-            os.killpg(self.pid, sig)
-            return True
-        except ProcessLookupError:
-            pass
-        except OSError:
-            return False
-        if not self.reaped:
-            try:
-                os.kill(self.pid, sig)
-                return True
-            except OSError:
-                return False
-        return False
-
-    def kill_tree(self, sig: int = signal.SIGKILL) -> bool:
-        """Send `sig` to the whole tree of this process, however its members detached (process_tree), also
-        after the process itself exited. -> whether anything was signalled."""
-        if sig == signal.SIGKILL:
-            self.kill_sent = True
-        if self.tree is None:
-            return self.signal_group(sig)
-        return self.table.trees.signal_tree(self.tree, sig) > 0
-
-    def tree_alive(self) -> bool:
-        if self.tree is None:
-            return not self.reaped
-        return self.table.trees.alive(self.tree)
-
-    def terminate(self, grace: float) -> None:
-        """SIGTERM the tree, SIGKILL what is left of it after `grace` seconds (the exit of the process itself
-        does not cancel that: its descendants are ended with it)."""
-        if not self.tree_alive():
-            return
-        self.kill_tree(signal.SIGTERM)
-        if self.escalate_handle is None:
-            self.escalate_handle = self.loop.call_later(grace, self._escalate)
-
-    def _escalate(self) -> None:
-        self.escalate_handle = None
-        if self.tree_alive():
-            self.kill_tree(signal.SIGKILL)
-
     def close_stdin(self) -> None:
-        fd = self.stdin_fd
-        if fd is None:
-            return
-        self.stdin_fd = None
-        if self.stdin_wait is not None:
+        fd = self.stdin.detach()
+        if fd is not None:
             try:
-                self.loop.remove_writer(fd)
-            except Exception:
+                os.close(fd)
+            except OSError:
                 pass
-            if not self.stdin_wait.done():
-                self.stdin_wait.set_exception(BrokenPipeError(errno.EPIPE, "stdin closed"))
-            self.stdin_wait = None
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
     async def write_stdin(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            fd = self.stdin_fd
-            if fd is None:
-                raise BrokenPipeError(errno.EPIPE, "stdin closed")
-            try:
-                n = os.write(fd, view)
-                view = view[n:]
-                continue
-            except (BlockingIOError, InterruptedError):
-                pass
-            fut = self.loop.create_future()
-            self.stdin_wait = fut
-
-            def _ready(f=fut):
-                if not f.done():
-                    f.set_result(None)
-
-            self.loop.add_writer(fd, _ready)
-            try:
-                await fut
-            finally:
-                if self.stdin_fd == fd:
-                    try:
-                        self.loop.remove_writer(fd)
-                    except Exception:
-                        pass
-                if self.stdin_wait is fut:
-                    self.stdin_wait = None
+        """Write all of `data` to stdin. Raises BrokenPipeError once stdin is closed, OSError from the pipe."""
+        await self.stdin.write(data)

@@ -1,5 +1,9 @@
 """The frame protocol of upgraded connections (``Upgrade: tle-frames``), which the proxy maps to WebSocket
-messages: the upgrade itself and the agent's end of such a connection (FrameStream)."""
+messages: its constants and the agent's end of such a connection (FrameStream).
+
+Defined once for both ends: the proxy imports this module as ``emulator.agent.frame_protocol``, so it imports
+nothing but the standard library (the agent's own modules are top-level names only inside the sandbox). The
+HTTP side of the upgrade is frame_upgrade."""
 
 from __future__ import annotations
 
@@ -7,11 +11,8 @@ import asyncio
 import struct
 from typing import TYPE_CHECKING
 
-from errors import HttpError
-
 if TYPE_CHECKING:
     from http_connection import Connection
-    from http_request import Request
 
 # An upgraded connection ("Upgrade: tle-frames") carries frames of 1 byte kind + 4 bytes big-endian length +
 # payload; the proxy maps each one to one WebSocket message or close, both ways.
@@ -21,20 +22,6 @@ FRAME_TEXT = 1  # one text WebSocket message (UTF-8)
 FRAME_CLOSE = 2  # close: u16 big-endian code + UTF-8 reason
 MAX_FRAME = 32 * 1024 * 1024
 UPGRADE_PROTOCOL = "tle-frames"
-
-
-def wants_frames(req: Request) -> bool:
-    return (
-        req.headers.get("upgrade", "").strip().lower() == UPGRADE_PROTOCOL
-        and "upgrade" in req.headers.get("connection", "").lower()
-    )
-
-
-def require_frames(req: Request) -> None:
-    if not wants_frames(req):
-        raise HttpError(
-            426, "UPGRADE_REQUIRED", "this endpoint is a WebSocket: connect to it through the sandbox proxy"
-        )
 
 
 class FrameStream:
@@ -77,13 +64,3 @@ class FrameStream:
             self.writer.close()
         except Exception:
             pass
-
-
-async def switch_to_frames(conn: Connection) -> FrameStream:
-    """Answer 101: from here on the connection carries frames, and it is closed when the handler returns."""
-    conn.started = True
-    conn.close_after = True
-    head = f"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {UPGRADE_PROTOCOL}\r\n\r\n"
-    conn.writer.write(head.encode())
-    await conn.writer.drain()
-    return FrameStream(conn)

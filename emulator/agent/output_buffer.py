@@ -3,22 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 STDOUT = 0
 STDERR = 1
 STREAM_NAMES = ("stdout", "stderr")
 
 
+class OutputLine(NamedTuple):
+    """One line of a process's output as the buffer holds it (a tuple, so a backlog stays cheap)."""
+
+    stream: int  # STDOUT or STDERR
+    text: str  # the line without its newline, decoded as UTF-8 (invalid bytes replaced)
+    timestamp_ms: int  # when the agent read it, ms since the epoch
+    cost: int  # bytes it counts against the buffer limit: its raw length plus the newline
+
+    @classmethod
+    def of(cls, stream: int, raw: bytes, timestamp_ms: int) -> OutputLine:
+        """The record of `raw` (one line's bytes, without the newline) read from `stream`."""
+        return cls(stream, raw.decode("utf-8", "replace"), timestamp_ms, len(raw) + 1)
+
+    @classmethod
+    def message(cls, stream: int, text: str, timestamp_ms: int) -> OutputLine:
+        """A line the agent writes itself (a spawn failure), costed like the process's own output."""
+        return cls(stream, text, timestamp_ms, len(text) + 1)
+
+
 class OutputBuffer:
     """Bounded line buffer shared by GET, follow and run streams.
 
-    Lines are (stream, text, timestamp_ms, cost). Sequence numbers grow forever; the oldest lines are dropped
+    Lines are OutputLine records. Sequence numbers grow forever; the oldest lines are dropped
     when the byte cost exceeds the limit, and counted per stream.
     """
 
     def __init__(self, limit: int):
         self.limit = max(1, limit)
-        self._lines: list = []
+        self._lines: list[OutputLine | None] = []  # None: dropped, not yet compacted away
         self._base = 0  # seq of self._lines[0]
         self._start = 0  # index of the first retained line in self._lines
         self.total_bytes = 0
@@ -34,15 +54,15 @@ class OutputBuffer:
     def next_seq(self) -> int:
         return self._base + len(self._lines)
 
-    def slice(self, start_seq: int, end_seq: int) -> list:
-        return self._lines[start_seq - self._base : end_seq - self._base]
+    def slice(self, start_seq: int, end_seq: int) -> list[OutputLine]:
+        return self._lines[start_seq - self._base : end_seq - self._base]  # type: ignore[return-value]  # seqs >= first_seq are never None
 
-    def extend(self, items: list) -> None:
+    def extend(self, items: list[OutputLine]) -> None:
         if not items:
             return
         self._lines.extend(items)
         for it in items:
-            self.total_bytes += it[3]
+            self.total_bytes += it.cost
         if self.total_bytes > self.limit:
             self._trim()
         self._notify()
@@ -52,10 +72,11 @@ class OutputBuffer:
         end = len(lines) - 1  # always keep the newest line
         while self.total_bytes > self.limit and self._start < end:
             it = lines[self._start]
+            assert it is not None  # lines before _start are the only Nones
             lines[self._start] = None
             self._start += 1
-            self.total_bytes -= it[3]
-            self.dropped[it[0]] += 1
+            self.total_bytes -= it.cost
+            self.dropped[it.stream] += 1
         if self._start > 1024 and self._start * 2 > len(lines):
             del lines[: self._start]
             self._base += self._start
@@ -93,8 +114,9 @@ class OutputBuffer:
         want_all = len(streams) == 2
         for i in range(self._start, len(self._lines)):
             it = self._lines[i]
-            if want_all or it[0] in streams:
-                out.append(it[1])
+            assert it is not None
+            if want_all or it.stream in streams:
+                out.append(it.text)
         return out
 
 

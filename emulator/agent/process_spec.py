@@ -35,32 +35,16 @@ def is_number(v) -> bool:
 
 
 def parse_spec(body: dict) -> Spec:
+    """The Spec of a run/start body, its fields checked in this order. Raises HttpError 400 (bad_request)
+    naming the first field that is wrong."""
     spec = Spec()
-    cmd = body.get("command")
-    if not isinstance(cmd, str) or not cmd:
-        raise bad_request("`command` is required and must be a non-empty string")
-    if "\x00" in cmd:
-        raise bad_request("`command` must not contain NUL bytes")
-    spec.command = cmd
+    spec.command = _command(body.get("command"))
     args = body.get("args")
     if args is not None:
-        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-            raise bad_request("`args` must be a list of strings")
-        if any("\x00" in a for a in args):
-            raise bad_request("`args` must not contain NUL bytes")
-        spec.args = list(args)
+        spec.args = _args(args)
     env = body.get("env")
     if env is not None:
-        if not isinstance(env, dict):
-            raise bad_request("`env` must be an object of string values")
-        for k, v in env.items():
-            if not k or "=" in k or "\x00" in k:
-                raise bad_request(f"invalid environment variable name {k!r}")
-            if v is not None and not isinstance(v, str):
-                raise bad_request(f"`env` values must be strings (env[{k!r}] is {type(v).__name__})")
-            if isinstance(v, str) and "\x00" in v:
-                raise bad_request("`env` values must not contain NUL bytes")
-        spec.env = dict(env)
+        spec.env = _env(env)
     wd = body.get("working_dir")
     if wd is not None:
         if not isinstance(wd, str) or not wd or "\x00" in wd:
@@ -73,20 +57,7 @@ def parse_spec(body: dict) -> Spec:
         spec.timeout = float(timeout) if timeout > 0 else None
     user = body.get("user")
     if user is not None:
-        if isinstance(user, str):
-            if not user:
-                raise bad_request("`user` must not be empty")
-        elif isinstance(user, dict):
-            for k in ("uid", "gid"):
-                if user.get(k) is not None and (not is_int(user[k]) or user[k] < 0):
-                    raise bad_request(f"`user.{k}` must be a non-negative integer")
-            if user.get("name") is not None and not isinstance(user["name"], str):
-                raise bad_request("`user.name` must be a string")
-            if user.get("name") is None and user.get("uid") is None:
-                raise bad_request("`user` object needs `name` or `uid`")
-        else:
-            raise bad_request("`user` must be a string or an object")
-        spec.user = user
+        spec.user = _user(user)
     for field, allowed in (
         ("stdin_mode", ("closed", "pipe")),
         ("stdout_mode", ("capture", "discard")),
@@ -99,6 +70,53 @@ def parse_spec(body: dict) -> Spec:
             raise bad_request("`{}` must be one of {}".format(field, ", ".join(allowed)))
         setattr(spec, field, v)
     return spec
+
+
+def _command(cmd) -> str:
+    if not isinstance(cmd, str) or not cmd:
+        raise bad_request("`command` is required and must be a non-empty string")
+    if "\x00" in cmd:
+        raise bad_request("`command` must not contain NUL bytes")
+    return cmd
+
+
+def _args(args) -> list:
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise bad_request("`args` must be a list of strings")
+    if any("\x00" in a for a in args):
+        raise bad_request("`args` must not contain NUL bytes")
+    return list(args)
+
+
+def _env(env) -> dict:
+    if not isinstance(env, dict):
+        raise bad_request("`env` must be an object of string values")
+    for k, v in env.items():
+        if not k or "=" in k or "\x00" in k:
+            raise bad_request(f"invalid environment variable name {k!r}")
+        if v is not None and not isinstance(v, str):
+            raise bad_request(f"`env` values must be strings (env[{k!r}] is {type(v).__name__})")
+        if isinstance(v, str) and "\x00" in v:
+            raise bad_request("`env` values must not contain NUL bytes")
+    return dict(env)
+
+
+def _user(user) -> str | dict:
+    """A user by name, or {"name"?, "uid"?, "gid"?} with a name or a uid."""
+    if isinstance(user, str):
+        if not user:
+            raise bad_request("`user` must not be empty")
+    elif isinstance(user, dict):
+        for k in ("uid", "gid"):
+            if user.get(k) is not None and (not is_int(user[k]) or user[k] < 0):
+                raise bad_request(f"`user.{k}` must be a non-negative integer")
+        if user.get("name") is not None and not isinstance(user["name"], str):
+            raise bad_request("`user.name` must be a string")
+        if user.get("name") is None and user.get("uid") is None:
+            raise bad_request("`user` object needs `name` or `uid`")
+    else:
+        raise bad_request("`user` must be a string or an object")
+    return user
 
 
 def parse_managed(body: dict) -> dict | None:

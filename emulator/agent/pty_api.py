@@ -7,7 +7,8 @@ import struct
 from typing import TYPE_CHECKING
 
 from errors import HttpError, SpawnError, bad_request
-from frame_protocol import FRAME_BINARY, FRAME_CLOSE, require_frames, switch_to_frames
+from frame_protocol import FRAME_BINARY, FRAME_CLOSE
+from frame_upgrade import require_frames, switch_to_frames
 from http_request import read_json
 from process_spec import is_int, parse_spec
 from pty_session import PTY_OP_DATA, PTY_OP_READY, PTY_OP_RESIZE, PtySession
@@ -63,7 +64,7 @@ class PtyApi:
 
     async def h_pty_delete(self, conn: Connection, session: PtySession) -> None:
         self.pty_sessions.pop(session.id, None)
-        session.terminate()
+        session.delete()
         await conn.send(204)
 
     async def h_pty_resize(self, conn: Connection, req: Request, session: PtySession) -> None:

@@ -4,7 +4,6 @@ over the frame protocol (``0x00`` data, ``0x01`` resize, ``0x02`` READY, ``0x03`
 from __future__ import annotations
 
 import asyncio
-import errno
 import fcntl
 import os
 import secrets
@@ -16,11 +15,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from agent_log import now_ms
-from child_process import EXIT_DRAIN_GRACE
 from errors import spawn_failure
 from frame_protocol import FRAME_BINARY, FrameStream
-from process_tree import MARKER, Tree
+from process_tree import MARKER
 from spawning import launch_settings
+from supervised import FdWriter, Supervised
 
 if TYPE_CHECKING:
     from process_spec import Spec
@@ -47,15 +46,15 @@ def _winsize(rows: int, cols: int) -> bytes:
     return struct.pack("HHHH", rows, cols, 0, 0)
 
 
-class PtySession:
+class PtySession(Supervised):
     """A process on a pseudo-terminal, and the one client attached to it (a newer attach replaces an older).
 
-    Registered in the process table's children like a Child, so the single reaper reports its exit (on_reaped).
+    Registered in the process table's children like a Child, so the single reaper reports its exit (on_reaped);
+    reaping and signals are the shared core's (supervised).
     """
 
     def __init__(self, table: ProcessTable, spec: Spec, rows: int, cols: int, on_finished: Callable[[], None]):
-        self.table = table
-        self.loop = table.loop
+        super().__init__(table)
         self.on_finished = on_finished  # called once the session has exited and its output is collected
         self.id = secrets.token_hex(8)
         self.token = secrets.token_hex(16)
@@ -65,22 +64,17 @@ class PtySession:
         self.created_at = now_ms()
         self.master = -1
         self.popen: subprocess.Popen | None = None
-        self.pid = 0
         self.pending = bytearray()  # output no client has been sent yet
         self.client: FrameStream | None = None
         self.ready = False  # the attached client sent READY
         self.reading = False
         self.eof = False
-        self.reaped = False
         self.finished = False  # exited and every byte of output collected
         self.deleted = False
         self.exit_code: int | None = None
-        self.ended_at: int | None = None
-        self.grace_handle: asyncio.TimerHandle | None = None
         self.drain_task: asyncio.Task | None = None
-        self.input_wait: asyncio.Future | None = None
+        self.input = FdWriter(self.loop, None, "terminal")  # keystrokes into the terminal (the master side)
         self.input_lock = asyncio.Lock()
-        self.tree: Tree | None = None
 
     # -- start --
     def start(self) -> None:
@@ -122,6 +116,7 @@ class PtySession:
             os.close(slave)
         os.set_blocking(master, False)
         self.master = master
+        self.input = FdWriter(self.loop, master, "terminal")
         self.popen = popen
         self.pid = popen.pid
         self.tree = self.table.trees.register(token, self.pid)
@@ -242,35 +237,10 @@ class PtySession:
     async def write_input(self, data: bytes) -> None:
         """Keystrokes into the terminal; dropped once it is gone. Waits while the terminal does not take them."""
         async with self.input_lock:
-            view = memoryview(data)
-            while view:
-                fd = self.master
-                if fd < 0:
-                    return
-                try:
-                    view = view[os.write(fd, view) :]
-                    continue
-                except (BlockingIOError, InterruptedError):
-                    pass
-                except OSError:
-                    return
-                fut = self.loop.create_future()
-                self.input_wait = fut
-
-                def _writable(f=fut):
-                    if not f.done():
-                        f.set_result(None)
-
-                self.loop.add_writer(fd, _writable)
-                try:
-                    await fut
-                except OSError:
-                    return
-                finally:
-                    if self.master == fd:
-                        self.loop.remove_writer(fd)
-                    if self.input_wait is fut:
-                        self.input_wait = None
+            try:
+                await self.input.write(data)
+            except OSError:
+                return
 
     def resize(self, cols: int, rows: int) -> None:
         if self.master < 0 or not (0 < cols <= 65535 and 0 < rows <= 65535):
@@ -285,28 +255,18 @@ class PtySession:
     def on_reaped(self, status: int) -> None:
         if self.reaped:
             return
-        self.reaped = True
-        self.ended_at = now_ms()
-        if os.WIFSIGNALED(status):
-            self.exit_code = 128 + os.WTERMSIG(status)
-        elif os.WIFEXITED(status):
-            self.exit_code = os.WEXITSTATUS(status)
-        else:
-            self.exit_code = -1
+        code, sig = self._mark_reaped(status)
+        self.exit_code = 128 + sig if sig is not None else code  # a shell's way to report a signal
         if self.popen is not None:  # always: the reaper knows the session only once it started
             self.popen.returncode = self.exit_code  # so subprocess never waits for this pid itself
-        if self.eof or self.deleted:
-            self._finish()
-        else:  # a background job may hold the terminal open: wait a moment for the last output, no longer
-            self.grace_handle = self.loop.call_later(EXIT_DRAIN_GRACE, self._finish)
+        # a background job may hold the terminal open: wait a moment for the last output, no longer
+        self._await_output(self.eof or self.deleted)
 
     def _finish(self) -> None:
         if self.finished:
             return
         self.finished = True
-        if self.grace_handle is not None:
-            self.grace_handle.cancel()
-            self.grace_handle = None
+        self._cancel_grace()
         self._stop_reading()
         budget = PTY_FINAL_DRAIN
         while not self.deleted and self.master >= 0 and budget > 0:
@@ -328,47 +288,22 @@ class PtySession:
         if fd < 0:
             return
         self._stop_reading()
-        if self.input_wait is not None:
-            try:
-                self.loop.remove_writer(fd)
-            except Exception:
-                pass
-            if not self.input_wait.done():
-                self.input_wait.set_exception(BrokenPipeError(errno.EPIPE, "terminal closed"))
-            self.input_wait = None
+        self.input.detach()  # a write waiting for room fails with EPIPE; the descriptor is closed here
         self.master = -1
         try:
             os.close(fd)  # hangs up the terminal: what still runs on it gets SIGHUP
         except OSError:
             pass
 
-    def signal_group(self, sig: int) -> bool:
-        if self.reaped and self.pid in self.table.children:
-            return False  # pid reused by another of our children
-        try:
-            os.killpg(self.pid, sig)
-            return True
-        except OSError:
-            pass
-        if not self.reaped:
-            try:
-                os.kill(self.pid, sig)
-                return True
-            except OSError:
-                return False
-        return False
-
-    def terminate(self) -> None:
-        """DELETE: the attached client is told, the process group is killed, the terminal hung up."""
+    def delete(self) -> None:
+        """DELETE: the attached client is told, the process tree is killed, the terminal hung up."""
         self.deleted = True
         if self.client is not None:
             self.client.close(1001, "session terminated")
             self.client = None
             self.ready = False
-        if self.tree is not None:
-            self.table.trees.signal_tree(self.tree, signal.SIGKILL)  # however its members detached
-        elif not self.reaped:
-            self.signal_group(signal.SIGKILL)
+        if self.tree is not None or not self.reaped:
+            self.kill_tree(signal.SIGKILL)  # however its members detached
         self._close_master()
         self.pending.clear()
         if self.reaped:

@@ -1,9 +1,14 @@
-"""Routing: which handler answers a request, by method and ``/api/v1/...`` path (404 and 405 otherwise)."""
+"""Routing: which handler answers a request, by method and ``/api/v1/...`` path, from one table of routes.
+
+A path that no route's pattern matches is a 404; a path that some pattern matches but not with this method
+is a 405 naming the methods that are allowed there. HEAD is answered by every GET route that is not an
+upgrade, as that GET without the body (the Connection sends heads only).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote
 
 from errors import HttpError
@@ -17,6 +22,41 @@ if TYPE_CHECKING:
     from process_api import ProcessApi
     from pty_api import PtyApi
 
+# a handler gets the connection, the request and the path's captured segments ({"ref": "12"})
+Handler = Callable[["Connection", "Request", dict], Awaitable[None]]
+
+OUTPUT_STREAMS = {"stdout": (STDOUT,), "stderr": (STDERR,), "output": (STDOUT, STDERR)}
+
+
+class Route(NamedTuple):
+    """One row of the table: `pattern` is the path below ``/api/v1/`` split at ``/``; a ``{name}`` segment
+    captures any one segment. `upgrade` routes switch protocols, so a HEAD cannot stand in for their GET."""
+
+    method: str
+    pattern: tuple[str, ...]
+    handler: Handler
+    upgrade: bool = False
+
+    def match(self, segs: list[str]) -> dict | None:
+        """The captured segments if `segs` fits the pattern, else None."""
+        if len(segs) != len(self.pattern):
+            return None
+        params = {}
+        for i, want in enumerate(self.pattern):  # same length, checked above (and no zip(strict=) on 3.9)
+            got = segs[i]
+            if want.startswith("{"):
+                params[want[1:-1]] = got
+            elif want != got:
+                return None
+        return params
+
+    def answers(self, method: str) -> bool:
+        return method == self.method or (method == "HEAD" and self.method == "GET" and not self.upgrade)
+
+
+def _p(path: str) -> tuple[str, ...]:
+    return tuple(path.split("/"))
+
 
 class Router:
     def __init__(self, processes: ProcessApi, files: FileApi, ptys: PtyApi, daemon_info: Callable[[], dict]):
@@ -24,8 +64,48 @@ class Router:
         self.files = files
         self.ptys = ptys
         self.daemon_info = daemon_info  # the body of GET /api/v1/info
+        self.routes = self._table()
+
+    def _table(self) -> list[Route]:
+        """Every route; the first row whose pattern and method fit answers (so ``processes/run`` POST is
+        the run route, its GET and DELETE the process named ``run``)."""
+        pr, fi, pt = self.processes, self.files, self.ptys
+        routes = [
+            Route("GET", _p("health"), lambda c, r, a: c.json(200, {"healthy": True})),
+            Route("GET", _p("info"), lambda c, r, a: c.json(200, self.daemon_info())),
+            Route("GET", _p("processes"), lambda c, r, a: pr.h_list(c)),
+            Route("POST", _p("processes"), lambda c, r, a: pr.h_start(c, r)),
+            Route("POST", _p("processes/run"), lambda c, r, a: pr.h_run(c, r)),
+            Route("GET", _p("processes/{ref}"), lambda c, r, a: c.json(200, pr.lookup(a["ref"]).info())),
+            Route("DELETE", _p("processes/{ref}"), lambda c, r, a: pr.h_kill(c, pr.lookup(a["ref"]))),
+            Route("POST", _p("processes/{ref}/restart"), lambda c, r, a: pr.h_restart(c, pr.lookup(a["ref"]))),
+            Route("POST", _p("processes/{ref}/signal"), lambda c, r, a: pr.h_signal(c, r, pr.lookup(a["ref"]))),
+            Route("POST", _p("processes/{ref}/stdin"), lambda c, r, a: pr.h_stdin(c, r, pr.lookup(a["ref"]))),
+            Route("POST", _p("processes/{ref}/stdin/close"), lambda c, r, a: pr.h_stdin_close(c, pr.lookup(a["ref"]))),
+        ]
+        for op, streams in OUTPUT_STREAMS.items():
+            routes += [
+                Route("GET", ("processes", "{ref}", op), _output(pr, streams, follow=False)),
+                Route("GET", ("processes", "{ref}", op, "follow"), _output(pr, streams, follow=True)),
+            ]
+        routes += [
+            Route("GET", _p("files"), lambda c, r, a: fi.h_read_file(c, r)),
+            Route("PUT", _p("files"), lambda c, r, a: fi.h_write_file(c, r)),
+            Route("DELETE", _p("files"), lambda c, r, a: fi.h_delete_file(c, r)),
+            Route("GET", _p("files/list"), lambda c, r, a: fi.h_list_dir(c, r)),
+            Route("GET", _p("pty"), lambda c, r, a: pt.h_list(c)),
+            Route("POST", _p("pty"), lambda c, r, a: pt.h_pty_create(c, r)),
+            Route("GET", _p("pty/{sid}"), lambda c, r, a: c.json(200, pt.pty_session(a["sid"]).info())),
+            Route("DELETE", _p("pty/{sid}"), lambda c, r, a: pt.h_pty_delete(c, pt.pty_session(a["sid"]))),
+            Route("GET", _p("pty/{sid}/ws"), lambda c, r, a: pt.h_pty_attach(c, r, pt.pty_session(a["sid"])), True),
+            Route("POST", _p("pty/{sid}/resize"), lambda c, r, a: pt.h_pty_resize(c, r, pt.pty_session(a["sid"]))),
+            Route("GET", _p("tunnels/tcp"), lambda c, r, a: h_tunnel(c, r), True),
+        ]
+        return routes
 
     async def dispatch(self, conn: Connection, req: Request) -> None:
+        """Answer `req` with the first route that fits. Raises HttpError 404 (no pattern fits the path) or
+        405 (patterns fit, none with this method)."""
         path = req.raw_path
         if not path.startswith("/api/v1/") and "/api/v1/" in path:
             path = path[path.index("/api/v1/") :]
@@ -34,100 +114,26 @@ class Router:
             segs.pop()
         if len(segs) < 3 or segs[0] != "api" or segs[1] != "v1":
             raise HttpError(404, "NOT_FOUND", f"No route for {req.method} {req.raw_path}")
-        rest = segs[2:]
-        # HEAD is answered as GET without the body (the Connection sends heads only); an upgrade cannot be HEAD
-        m = "GET" if req.method == "HEAD" else req.method
-        head = rest[0]
-        n = len(rest)
-
-        def allow(*methods):
-            if m not in methods:
-                raise HttpError(
-                    405,
-                    "METHOD_NOT_ALLOWED",
-                    "Method {} not allowed on {} (allowed: {})".format(req.method, path, ", ".join(methods)),
-                )
-
-        if head == "health" and n == 1:
-            allow("GET")
-            return await conn.json(200, {"healthy": True})
-        if head == "info" and n == 1:
-            allow("GET")
-            return await conn.json(200, self.daemon_info())
-        if head == "processes":
-            if n == 1:
-                allow("GET", "POST")
-                if m == "GET":
-                    return await self.processes.h_list(conn)
-                return await self.processes.h_start(conn, req)
-            if n == 2 and rest[1] == "run" and m == "POST":
-                return await self.processes.h_run(conn, req)
-            ref = rest[1]
-            if n == 2:
-                allow("GET", "DELETE")
-                proc = self.processes.lookup(ref)
-                if m == "GET":
-                    return await conn.json(200, proc.info())
-                return await self.processes.h_kill(conn, proc)
-            op = rest[2]
-            if n == 3 and op == "restart":
-                allow("POST")
-                return await self.processes.h_restart(conn, self.processes.lookup(ref))
-            if n == 3 and op == "signal":
-                allow("POST")
-                return await self.processes.h_signal(conn, req, self.processes.lookup(ref))
-            if n == 3 and op == "stdin":
-                allow("POST")
-                return await self.processes.h_stdin(conn, req, self.processes.lookup(ref))
-            if n == 4 and op == "stdin" and rest[3] == "close":
-                allow("POST")
-                proc = self.processes.lookup(ref)
-                return await self.processes.h_stdin_close(conn, proc)
-            if op in ("stdout", "stderr", "output") and (n == 3 or (n == 4 and rest[3] == "follow")):
-                allow("GET")
-                proc = self.processes.lookup(ref)
-                streams = {"stdout": (STDOUT,), "stderr": (STDERR,), "output": (STDOUT, STDERR)}[op]
-                if n == 3:
-                    return await self.processes.h_output(conn, proc, streams)
-                return await self.processes.h_follow(conn, proc, streams)
-        if head == "files":
-            if n == 1:
-                allow("GET", "PUT", "DELETE")
-                if m == "GET":
-                    return await self.files.h_read_file(conn, req)
-                if m == "PUT":
-                    return await self.files.h_write_file(conn, req)
-                return await self.files.h_delete_file(conn, req)
-            if n == 2 and rest[1] == "list":
-                allow("GET")
-                return await self.files.h_list_dir(conn, req)
-        if head == "pty":
-            if n == 1:
-                allow("GET", "POST")
-                if m == "GET":
-                    return await self.ptys.h_list(conn)
-                return await self.ptys.h_pty_create(conn, req)
-            session = self.ptys.pty_session(rest[1])
-            if n == 2:
-                allow("GET", "DELETE")
-                if m == "GET":
-                    return await conn.json(200, session.info())
-                return await self.ptys.h_pty_delete(conn, session)
-            if n == 3 and rest[2] == "ws":
-                allow("GET")
-                _no_head(req, path)
-                return await self.ptys.h_pty_attach(conn, req, session)
-            if n == 3 and rest[2] == "resize":
-                allow("POST")
-                return await self.ptys.h_pty_resize(conn, req, session)
-        if head == "tunnels" and n == 2 and rest[1] == "tcp":
-            allow("GET")
-            _no_head(req, path)
-            return await h_tunnel(conn, req)
-        raise HttpError(404, "NOT_FOUND", f"No route for {req.method} {req.raw_path}")
+        allowed: list[str] = []
+        for route in self.routes:
+            params = route.match(segs[2:])
+            if params is None:
+                continue
+            if route.answers(req.method):
+                return await route.handler(conn, req, params)
+            if route.method not in allowed:
+                allowed.append(route.method)
+        if not allowed:
+            raise HttpError(404, "NOT_FOUND", f"No route for {req.method} {req.raw_path}")
+        raise HttpError(
+            405,
+            "METHOD_NOT_ALLOWED",
+            "Method {} not allowed on {} (allowed: {})".format(req.method, path, ", ".join(allowed)),
+        )
 
 
-def _no_head(req: Request, path: str) -> None:
-    """Upgraded routes (PTY, tunnels) answer GET only: a HEAD cannot switch protocols."""
-    if req.method == "HEAD":
-        raise HttpError(405, "METHOD_NOT_ALLOWED", f"Method HEAD not allowed on {path} (allowed: GET)")
+def _output(pr: ProcessApi, streams: tuple, follow: bool) -> Handler:
+    """The handler of a process's output route: the buffered lines, or a replay-then-follow SSE stream."""
+    if follow:
+        return lambda c, r, a: pr.h_follow(c, pr.lookup(a["ref"]), streams)
+    return lambda c, r, a: pr.h_output(c, pr.lookup(a["ref"]), streams)

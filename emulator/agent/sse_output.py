@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 from json.encoder import encode_basestring_ascii as _json_str
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from agent_log import now_ms
-from output_buffer import STDERR, STDOUT, STREAM_NAMES, marker_text
+from output_buffer import STDERR, STDOUT, STREAM_NAMES, OutputLine, marker_text
 
 if TYPE_CHECKING:
     from http_connection import Connection
+    from output_buffer import OutputBuffer
     from process_table import Proc
 
 KEEPALIVE_SECS = 15.0
@@ -23,17 +25,17 @@ def sse_event(name: str, data: dict) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-def _first(item) -> int:
-    return item[0]
+_stream_of = attrgetter("stream")
 
 
-def output_events(items: list) -> bytes:
-    """SSE output events for buffer items (stream, text, ts, cost), as sse_event() would write them."""
+def output_events(items: list[OutputLine]) -> bytes:
+    """SSE output events for buffer lines, as sse_event() would write them."""
     names = STREAM_NAMES
     return "".join(
         [
-            f'event: output\ndata: {{"line": {_json_str(t)}, "timestamp": {ts}, "stream": "{names[s]}"}}\n\n'
-            for s, t, ts, _c in items
+            f'event: output\ndata: {{"line": {_json_str(it.text)}, "timestamp": {it.timestamp_ms}, '
+            f'"stream": "{names[it.stream]}"}}\n\n'
+            for it in items
         ]
     ).encode()
 
@@ -51,47 +53,60 @@ def output_event(line: str, ts: int, stream: str) -> bytes:
     ).encode()
 
 
+class _Cursor:
+    """Where one stream stands in an output buffer, and how many lines of each stream lie before it."""
+
+    def __init__(self, buf: OutputBuffer, streams: tuple):
+        self.buf = buf
+        self.streams = streams
+        self.want_all = len(streams) == 2
+        self.marker_stream = STREAM_NAMES[streams[0]] if len(streams) == 1 else "stderr"
+        self.seq = 0
+        self.seen = [0, 0]  # per stream: how many of its lines lie before `seq`
+
+    def next_batch(self) -> list[bytes]:
+        """The events of the next batch of lines (at most SSE_BATCH_LINES), led by a marker for lines that
+        were dropped before this stream could send them; moves past them."""
+        buf, streams = self.buf, self.streams
+        out = []
+        if self.seq < buf.first_seq:
+            skipped = sum(buf.dropped[s] - self.seen[s] for s in streams)
+            self.seen = list(buf.dropped)
+            self.seq = buf.first_seq
+            if skipped > 0:
+                out.append(output_event(marker_text(skipped, buf.limit), now_ms(), self.marker_stream))
+        end = min(buf.next_seq, self.seq + SSE_BATCH_LINES)
+        if self.seq < end:
+            items = buf.slice(self.seq, end)
+            self.seq = end
+            n_err = sum(map(_stream_of, items))  # STDERR is 1, STDOUT 0
+            self.seen[STDERR] += n_err
+            self.seen[STDOUT] += len(items) - n_err
+            if self.want_all or n_err == (len(items) if streams[0] == STDERR else 0):
+                out.append(output_events(items))
+            else:
+                only = streams[0]
+                out.append(output_events([it for it in items if it.stream == only]))
+        return out
+
+
 async def stream_lines(conn: Connection, proc: Proc, streams: tuple) -> None:
     """Replay the buffer from the start, then follow it until the entry is finished."""
     buf = proc.buffer
-    want_all = len(streams) == 2
-    marker_stream = STREAM_NAMES[streams[0]] if len(streams) == 1 else "stderr"
-    cursor = 0
-    seen = [0, 0]  # per stream: how many of its lines lie before `cursor`
+    cursor = _Cursor(buf, streams)
     eof_watch: asyncio.Future[bytes] = asyncio.ensure_future(conn.reader.read(1))
     waiter = None
     try:
         while True:
-            out = []
-            if cursor < buf.first_seq:
-                # lines [cursor, first_seq) were dropped before this stream could send them
-                skipped = sum(buf.dropped[s] - seen[s] for s in streams)
-                seen = list(buf.dropped)
-                cursor = buf.first_seq
-                if skipped > 0:
-                    out.append(output_event(marker_text(skipped, buf.limit), now_ms(), marker_stream))
-            end = min(buf.next_seq, cursor + SSE_BATCH_LINES)
-            if cursor < end:
-                items = buf.slice(cursor, end)
-                cursor = end
-                n_err = sum(map(_first, items))
-                seen[STDERR] += n_err
-                seen[STDOUT] += len(items) - n_err
-                if want_all:
-                    out.append(output_events(items))
-                elif n_err == (len(items) if streams[0] == STDERR else 0):
-                    out.append(output_events(items))
-                else:
-                    only = streams[0]
-                    out.append(output_events([it for it in items if it[0] == only]))
+            out = cursor.next_batch()
             if out:
                 await conn.chunk(b"".join(out))
-            if cursor < buf.next_seq:
+            if cursor.seq < buf.next_seq:
                 await asyncio.sleep(0)  # a long backlog: let other connections run between batches
                 continue
             if out:
                 continue
-            if cursor >= buf.next_seq and buf.closed:
+            if buf.closed:
                 return
             if waiter is None or waiter.done():
                 waiter = buf.waiter()

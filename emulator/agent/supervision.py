@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from agent_log import log, now_ms
 from errors import HttpError, SpawnError
-from output_buffer import STDERR
+from output_buffer import STDERR, OutputLine
 
 if TYPE_CHECKING:
     from child_process import Child
@@ -137,7 +137,7 @@ class Managed:
             self.table.spawn(self.proc)
         except SpawnError as e:
             self.last_error = e.message
-            self.proc.buffer.extend([(STDERR, e.message, now_ms(), len(e.message) + 1)])
+            self.proc.buffer.extend([OutputLine.message(STDERR, e.message, now_ms())])
             self._schedule_restart(True)
 
     async def restart_now(self) -> None:
@@ -201,9 +201,7 @@ class Managed:
                     if self.consecutive_health_failures >= max(1, hc["failure_threshold"]):
                         self.health_status = "unhealthy"
                         if self.restart["policy"] != "never":
-                            self.last_error = (
-                                f"health check failed {self.consecutive_health_failures} times in a row"
-                            )
+                            self.last_error = f"health check failed {self.consecutive_health_failures} times in a row"
                             child.terminate(MANAGED_STOP_GRACE)
                             return
                 await asyncio.sleep(max(10, hc["interval_ms"]) / 1000.0)

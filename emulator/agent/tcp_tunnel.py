@@ -8,7 +8,8 @@ import errno
 from typing import TYPE_CHECKING
 
 from errors import HttpError, bad_request
-from frame_protocol import FRAME_BINARY, FRAME_CLOSE, FrameStream, require_frames, switch_to_frames
+from frame_protocol import FRAME_BINARY, FRAME_CLOSE, FrameStream
+from frame_upgrade import require_frames, switch_to_frames
 
 if TYPE_CHECKING:
     from http_connection import Connection

@@ -29,18 +29,13 @@ from typing import Any
 import httpcore
 import httpx
 
+from emulator.agent.frame_protocol import FRAME_BINARY, FRAME_CLOSE, FRAME_HEAD, FRAME_TEXT, MAX_FRAME, UPGRADE_PROTOCOL
 from emulator.agent_channel import AgentEndpoint
 from emulator.agent_client import AgentClients
 from emulator.errors import EmulatorError, SandboxNotReady
 
 log = logging.getLogger(__name__)
 
-FRAME_HEAD = struct.Struct(">BI")
-FRAME_BINARY = 0
-FRAME_TEXT = 1
-FRAME_CLOSE = 2
-UPGRADE_PROTOCOL = "tle-frames"
-MAX_FRAME = 32 * 1024 * 1024
 READ_CHUNK = 256 * 1024
 MAX_ERROR_BODY = 64 * 1024
 # The SDK does not retry a refused upgrade, so a sandbox that is waking up is waited for here
