@@ -134,13 +134,19 @@ class DockerBackend:
             if exc.status not in (404, 409):
                 raise BackendUnavailable(f"Docker could not remove the container: {exc.message}") from exc
 
-    async def state(self, container_id: str) -> ContainerState | None:
+    async def _inspect(self, container_id: str) -> dict[str, Any] | None:
+        """`GET /containers/{id}/json`, None when the container is gone."""
         try:
-            data = await self.docker.containers.container(container_id).show()
+            return dict(await self.docker.containers.container(container_id).show())
         except DockerError as exc:
             if exc.status == 404:
                 return None
             raise BackendUnavailable(f"Docker inspect failed: {exc.message}") from exc
+
+    async def state(self, container_id: str) -> ContainerState | None:
+        data = await self._inspect(container_id)
+        if data is None:
+            return None
         labels = data["Config"].get("Labels") or {}
         st = data["State"]
         return ContainerState(data["Id"], labels.get(LABEL_SANDBOX, ""), bool(st.get("Running")), labels,
@@ -162,13 +168,8 @@ class DockerBackend:
 
     async def init_pid(self, container_id: str) -> int | None:
         """Host pid of the container's PID 1 (the agent), or None when it is not running or gone."""
-        try:
-            data = await self.docker.containers.container(container_id).show()
-        except DockerError as exc:
-            if exc.status == 404:
-                return None
-            raise BackendUnavailable(f"Docker inspect failed: {exc.message}") from exc
-        pid = int(data["State"].get("Pid") or 0)
+        data = await self._inspect(container_id)
+        pid = int(data["State"].get("Pid") or 0) if data else 0
         return pid or None
 
     async def list_ours(self) -> list[ContainerState]:
