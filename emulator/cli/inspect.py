@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -102,6 +105,7 @@ def status(args: argparse.Namespace) -> int:
     owner = datalock.owner(data_dir)
     served = f"served by pid {owner.pid} at {owner.api_url}" if owner else "not in use"
     say(f"this data dir    {served}; log {data_dir / 'emulator.log'}")
+    say(f"on disk          {_disk_usage(data_dir)}")
     url = emulator_url(args)
     try:
         if not answers(url, 3):
@@ -120,6 +124,29 @@ def status(args: argparse.Namespace) -> int:
     say(f"pytest sessions  {live} live, {len(records) - live} dead (records in {sessions_dir()}); "
         "`tensorlake-emulator cleanup --stale` reaps the dead")
     return 0 if engine_ok else 1
+
+
+def _folder_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):  # never follows links: a sandbox's run folder may hold them
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _disk_usage(data_dir: Path) -> str:
+    """What the emulator holds in its data folder, by part: state database, snapshots (CRIU dumps of
+    checkpoints), suspend dumps, sandbox run folders; and containerd's copies of its restores in /tmp."""
+    from emulator.checkpoints.containerd_leftovers import CONTAINERD_TMP, NONCE_FILE, PREFIX
+
+    parts = {"state": sum(p.stat().st_size for p in data_dir.glob("state.sqlite3*") if p.is_file()),
+             "snapshots": _folder_bytes(data_dir / "snapshots"), "suspend dumps": _folder_bytes(data_dir / "dumps"),
+             "run folders": _folder_bytes(data_dir / "run")}
+    copies = [p for p in CONTAINERD_TMP.glob(f"{PREFIX}*") if (p / NONCE_FILE).is_file()]
+    mib = {k: f"{v / 2**20:.1f} MiB" for k, v in parts.items()}
+    return (", ".join(f"{k} {v}" for k, v in mib.items())
+            + f"; containerd restore copies in {CONTAINERD_TMP}: {len(copies)}")
 
 
 def _print_namespace(ns: str, data: dict[str, Any], all_: bool) -> None:

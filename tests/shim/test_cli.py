@@ -54,6 +54,7 @@ def test_status_reports_engine_criu_images_and_the_emulator(emulator: EmulatorPr
     assert "snapshot images" in text and "sandboxes" in text
     assert f"answering at {emulator.api_url}" in text
     assert instance_label(emulator.data_dir) in text
+    assert "on disk          state " in text and "snapshots" in text and "containerd restore copies" in text
     # Nothing answering is reported, not an error.
     out = cli("status", "--url", "http://localhost:1")
     assert out.returncode == 0 and "nothing answers at http://localhost:1" in out.stdout
