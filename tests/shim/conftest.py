@@ -30,7 +30,7 @@ def inner(tmp_path: Path) -> Iterator[Inner]:
 def own_emulator() -> Iterator[EmulatorProcess]:
     """An emulator for one test, stopped (and its sandboxes terminated) afterwards."""
     data_dir = Path(tempfile.mkdtemp(prefix="tle-e-", dir="/tmp"))
-    proc = EmulatorProcess(data_dir=data_dir).start()
+    proc = EmulatorProcess(data_dir=data_dir, extra_env={"TLE_WARM_RESERVE": "0"}).start()  # exact container counts
     yield proc
     proc.stop()
     shutil.rmtree(data_dir, ignore_errors=True)

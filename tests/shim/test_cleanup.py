@@ -28,7 +28,8 @@ def dead_session(tmp_path: Path) -> Iterator[tuple[EmulatorProcess, SessionRecor
     data_dir = Path(tempfile.mkdtemp(prefix="tle-d-", dir="/tmp"))
     (data_dir / DATA_DIR_MARKER).write_text("dead\n")
     label = f"pytest-dead-{data_dir.name}"
-    proc = EmulatorProcess(data_dir=data_dir, session_label=label).start()
+    # No warm reserve: the test compares the containers before and after, and the reserve fills in the background.
+    proc = EmulatorProcess(data_dir=data_dir, session_label=label, extra_env={"TLE_WARM_RESERVE": "0"}).start()
     rec = SessionRecord(label=label, pid=999_999_999, pid_start=None, host="x", created_at=0, api_url=proc.api_url,
                         data_dir=str(data_dir), emulator_pid=proc.pid, emulator_start=process_start_time(proc.pid or 0))
     (sessions / f"{label}.json").write_text(json.dumps(rec.__dict__))
