@@ -107,6 +107,12 @@ async def timed(operation: str, work: Awaitable[T], ok: Callable[[], bool],
                 log.exception("metrics: measuring after %s failed", operation)
 
 
+def count(operation: str, outcome: str, seconds: float) -> None:
+    """Count an operation that needed no background work (a create served by a warm container)."""
+    OPERATIONS.labels(operation, outcome).inc()
+    OPERATION_SECONDS.labels(operation).observe(seconds)
+
+
 async def observe_dump(kind: str, path: str | Path | None) -> None:
     """The size of a CRIU dump folder (when it is there to measure) into tle_criu_dump_bytes."""
     if path is None:

@@ -187,12 +187,12 @@ def test_edge_values_are_accepted_and_read_back(api: httpx.Client, live_ns: str,
     resp = api.patch(f"/v1/namespaces/{live_ns}/sandboxes/{named.sandbox_id}",
                      json={"exposed_ports": [443, 22, 443],
                            "network": {"allow_internet_access": True,
-                                       "allow_out": ["8.8.8.8", "10.0.0.0/8", "api.example.com:443", "::1"],
+                                       "allow_out": ["8.8.8.8", "10.0.0.0/8", "localhost:443", "::1"],
                                        "deny_out": ["192.168.1.0/24"]}})
     assert resp.status_code == 200, resp.text
     assert resp.json()["exposed_ports"] == [22, 443]
     (listed,) = [s for s in Sandbox.list(namespace=live_ns, request_timeout=10) if s.sandbox_id == named.sandbox_id]
-    assert listed.exposed_ports == [22, 443] and listed.network_policy.allow_out[2] == "api.example.com:443"
+    assert listed.exposed_ports == [22, 443] and listed.network_policy.allow_out[2] == "localhost:443"
 
 
 BAD_UPDATES: list[tuple[str, Any]] = [

@@ -50,7 +50,9 @@ def _eligible(pool: PoolRecord, namespace: str, spec: SandboxSpec, image: str) -
     net = spec.network_policy
     return (namespace == pool.namespace and image == pool.image and spec.entrypoint is None
             and spec.snapshot_id is None and spec.pool_id is None and not spec.file_systems
-            and not (net is not None and net.get("allow_internet_access") is False)
+            # only the default network: a warm container has no egress rules (launch() applies them)
+            and (net is None or (net.get("allow_internet_access", True) is not False
+                                 and not net.get("allow_out") and not net.get("deny_out")))
             and (spec.session_label or None) == pool.session_label)
 
 

@@ -9,6 +9,7 @@ dumps, restores) runs in the manager's own tasks; callers get records and answer
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -161,7 +162,7 @@ class SandboxManager:
     async def create(self, namespace: str, spec: SandboxSpec) -> SandboxRecord:
         """A pending sandbox record, its launch started. Raises BadRequest, NameConflict, NotFound
         (snapshot), ImageNotFound, RuntimeMissing, NotSupported (memory snapshot without CRIU)."""
-        ctx = self._ctx
+        ctx, t0 = self._ctx, time.monotonic()
         if spec.name is not None:
             ctx.table.check_name(namespace, spec.name)
         if spec.auto_resume is False and spec.name is None:
@@ -200,6 +201,7 @@ class SandboxManager:
         if warm_entry is not None:
             ctx.set_deadline(rec)
             await ctx.table.move(rec, S.running)
+            metrics.count("create", "success", time.monotonic() - t0)
             self.pools.wake.set()  # refill the reserve
         else:
             ctx.tasks.spawn("launch", rec.id, metrics.timed("restore" if snap else "create", launch(ctx, rec, snap),
