@@ -254,3 +254,16 @@ def test_missing_runtime_is_a_clear_error(tmp_path) -> None:
         assert status == 400 and body["code"] == "RUNTIME_NOT_AVAILABLE" and "no-such-runtime" in body["error"]
     finally:
         emu.stop()
+
+
+def test_legacy_create_answers_running_with_its_sandbox_url(emulator: EmulatorProcess) -> None:
+    """A create without the Grace header (SDK 0.5.113's and the deprecated SandboxClient.create) answers
+    once the sandbox runs, so that an old SDK's connect right after finds its sandbox_url."""
+    # The image alias: not served by the warm reserve, so this is a cold start the create waits for.
+    req = {"resources": {"cpus": 0.5, "memory_mb": 256}, "image": "tensorlake/ubuntu-minimal"}
+    status, body = _http("POST", f"{emulator.api_url}/v1/namespaces/default/sandboxes", json.dumps(req).encode(),
+                         {"Content-Type": "application/json"})
+    try:
+        assert status == 200 and body["status"] == "running" and body["sandbox_url"], body
+    finally:
+        _http("DELETE", f"{emulator.api_url}/v1/namespaces/default/sandboxes/{body['sandbox_id']}")

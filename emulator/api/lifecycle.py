@@ -68,6 +68,7 @@ def _info(request: Request, rec: Any) -> JSONResponse:
 # How long a suspend or resume call may be held open: the SDK asks for at most 30 s.
 MAX_WAIT_MS = 60_000.0
 DEFAULT_REQUEST_TIMEOUT_MS = 300_000.0  # the SDK's default request_timeout
+LEGACY_WAIT_S = 10.0
 
 
 def _wait_ms(request: Request) -> float | None:
@@ -96,6 +97,12 @@ async def create_sandbox(request: Request) -> Response:
         raise NotSupported("Tensorlake Artifact Storage file systems have no local equivalent in this emulator")
     budget = create_budget(request, req.wait)  # a bad header is a 400 before anything is made
     rec = await _mgr(request).create(ns, req.to_spec(session or request.app.state.settings.session_label or None))
+    if budget is None and req.wait is not False:
+        # A legacy create (no Grace header: SDKs before 0.5.163, and the deprecated SandboxClient.create)
+        # answers once the sandbox runs, within LEGACY_WAIT_S: those SDKs connect right after it and need
+        # the sandbox_url that only a running sandbox has (docs/protocol.md §6.1, §18). The answer carries
+        # the sandbox's real status either way.
+        await _mgr(request).wait_started(rec, LEGACY_WAIT_S)
     return await answer_create(request, rec, req.wait, budget)
 
 
