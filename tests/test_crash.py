@@ -239,3 +239,38 @@ def test_kill_during_copy(crashable: Crashable, delay: float) -> None:
             crashable.usable(new)
             crashable.connect(new).terminate()
     crashable.connect(sid).terminate()
+
+
+@pytest.mark.parametrize("delay", [0.005, 0.05])
+def test_kill_during_claim(crashable: Crashable, delay: float) -> None:
+    r = httpx.post(f"{crashable.api}/sandbox-pools", json={"image": "tensorlake-emulator/sandbox:latest",
+                                                          "resources": {"cpus": 0.5, "memory_mb": 256},
+                                                          "warm_containers": 1, "max_containers": 2}, timeout=30)
+    assert r.status_code == 200, r.text
+    pool_id = r.json()["pool_id"]
+
+    def idle() -> list[dict]:
+        info = httpx.get(f"{crashable.api}/sandbox-pools/{pool_id}", timeout=10).json()
+        return [c for c in info.get("containers") or [] if c.get("sandbox_id") is None and c["state"] == "Idle"]
+
+    deadline = time.monotonic() + 60
+    while not idle():
+        assert time.monotonic() < deadline, "no warm container"
+        time.sleep(0.2)
+    before = set(crashable.sandboxes())
+    crashable.kill_after(delay, "POST", f"/sandbox-pools/{pool_id}/sandboxes")
+    crashable.check_invariants()
+    info = httpx.get(f"{crashable.api}/sandbox-pools/{pool_id}", timeout=10).json()
+    assert len(info.get("containers") or []) <= 2, info  # never beyond max_containers
+    for new in set(crashable.sandboxes()) - before:
+        s = crashable.sandboxes()[new]
+        if s["status"] == "running":
+            crashable.usable(new)
+            crashable.connect(new).terminate()
+        else:
+            assert s["status"] == "terminated" and s["termination_reason"], s
+    deadline = time.monotonic() + 30
+    while httpx.delete(f"{crashable.api}/sandbox-pools/{pool_id}", timeout=30).status_code == 409:
+        assert time.monotonic() < deadline, "pool still in use"
+        time.sleep(0.5)
+    crashable.check_invariants()
