@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ class ManagerContext:
     engine: EngineInfo | None = None
     # why the last suspend or resume of a sandbox failed, read once by the API
     transition_errors: dict[str, str] = field(default_factory=dict)
+    reap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one deadline pass at a time
 
     def set_deadline(self, rec: SandboxRecord) -> None:
         """A running sandbox's deadline: now + timeout_secs (ms), or none."""

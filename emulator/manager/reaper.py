@@ -23,7 +23,16 @@ S = SandboxStatus
 
 async def reap_once(ctx: ManagerContext, now: float) -> list[tuple[str, str]]:
     """Act on every deadline passed at `now` (epoch ms); what was done, as (sandbox id, action) with
-    action `pending_timeout` (terminated, no capacity), `suspend` (started) or `terminate`."""
+    action `pending_timeout` (terminated, no capacity), `suspend` (started) or `terminate`.
+
+    Passes never overlap (ctx.reap_lock): a clock advance's own pass reports everything it made due,
+    even when the background pass wakes in the middle of it."""
+    async with ctx.reap_lock:
+        return await reap_held(ctx, now)
+
+
+async def reap_held(ctx: ManagerContext, now: float) -> list[tuple[str, str]]:
+    """`reap_once` for a caller that holds ctx.reap_lock already."""
     fired: list[tuple[str, str]] = []
     for rec in ctx.table:
         if (rec.status == S.pending and rec.max_pending_secs is not None

@@ -120,9 +120,11 @@ class SandboxManager:
 
         Raises ValueError for seconds out of (0, clock.MAX_ADVANCE_SECS]. Returns what the reaper did.
         """
-        offset = CLOCK.advance(seconds)
+        async with self._ctx.reap_lock:  # the background pass must not take the new time's work first
+            offset = CLOCK.advance(seconds)
+            fired = await reaper.reap_held(self._ctx, self._clock())
         await self._ctx.table.store.set_meta(CLOCK_META, str(offset))
-        return await self.reap_once(self._clock())
+        return fired
 
     async def reset(self, namespace: str | None, session: str | None) -> dict[str, Any]:
         """Terminate and delete every sandbox and snapshot of a namespace and/or a session label
