@@ -303,3 +303,12 @@ def _running(tag: str) -> list[int]:
         if tag.encode() in argv and state not in (b"Z", b"X"):
             out.append(int(p))
     return out
+
+
+def process_gone(pid: int) -> bool:
+    """True once `pid` no longer exists or is a zombie (killed, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1].startswith("Z")
+    except FileNotFoundError:
+        return True

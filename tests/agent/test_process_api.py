@@ -8,7 +8,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from agent_helpers import parse_sse, start, wait_exit, wait_for
+from agent_helpers import parse_sse, process_gone, start, wait_exit, wait_for
 
 # ------------------------------------------------------------------------------------------------ processes
 
@@ -57,14 +57,7 @@ def test_signal_goes_to_process_group(client, tmpdir_path):
     client.post(f"/api/v1/processes/{info['pid']}/signal", json={"signal": 9})
     wait_exit(client, info["pid"])
 
-    def gone():
-        try:
-            with open(f"/proc/{gpid}/stat") as f:
-                return f.read().split(") ")[1].startswith("Z")
-        except FileNotFoundError:
-            return True
-
-    wait_for(gone, 5)
+    wait_for(lambda: process_gone(gpid), 5)
 
 
 def test_unspawnable_start_process(client):

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from agent_helpers import parse_sse, run, wait_for
+from agent_helpers import parse_sse, process_gone, run, wait_for
 
 # ------------------------------------------------------------------------------------------------ run
 
@@ -75,14 +75,7 @@ def test_run_timeout_kills_process_group(client, tmpdir_path):
     assert ex["signal"] == 9 and ex["exit_code"] is None
     gpid = int(open(pidfile).read())
 
-    def gone():
-        try:
-            with open(f"/proc/{gpid}/stat") as f:
-                return f.read().split(") ")[1].startswith("Z")
-        except FileNotFoundError:
-            return True
-
-    wait_for(gone, 5)
+    wait_for(lambda: process_gone(gpid), 5)
 
 
 def test_run_float_timeout_not_hit(client):
