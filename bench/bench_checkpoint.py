@@ -21,10 +21,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import BENCH_LABEL, IMAGE, docker, machine  # noqa: E402
+from emulator.checkpoints import containerd_leftovers  # noqa: E402
 from sdk_shim.launcher import EmulatorProcess, free_port  # noqa: E402
 
 API_PORT, PROXY_PORT = free_port(), free_port()
@@ -106,10 +108,13 @@ def bench_raw_docker(workload: str, runs: int) -> dict[str, float]:
             time.sleep(0.1)
         for i in range(runs):
             out["dump_stop"].append(timed(docker, "checkpoint", "create", cid, f"s{i}"))
-            size = sum(f.stat().st_size for f in (docker_root() / "containers" / cid / "checkpoints" / f"s{i}")
-                       .iterdir())
-            out["size_mb"].append(size / 2**20)
+            dump = docker_root() / "containers" / cid / "checkpoints" / f"s{i}"
+            out["size_mb"].append(sum(f.stat().st_size for f in dump.iterdir()) / 2**20)
+            # containerd keeps a copy of every restored checkpoint in /tmp; the nonce finds ours afterwards
+            nonce = uuid.uuid4().hex
+            (dump / containerd_leftovers.NONCE_FILE).write_text(nonce)
             out["restore"].append(timed(docker, "start", "--checkpoint", f"s{i}", cid))
+            containerd_leftovers.remove_copy_of(nonce)
             docker("checkpoint", "rm", cid, f"s{i}")
             out["dump_leave_running"].append(timed(
                 docker, "checkpoint", "create", "--leave-running", cid, f"l{i}"))
