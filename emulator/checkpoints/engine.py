@@ -268,20 +268,19 @@ class CheckpointEngine:
         dump = self.dir / snap.id / "checkpoint"
         try:
             if snap.snapshot_type == "memory":
-                await self.backend.pause(cid)
+                snap.image_ref = f"{SNAPSHOT_REPO}:{tag}"
                 try:
-                    await self.backend.commit(cid, SNAPSHOT_REPO, tag)
-                    snap.image_ref = f"{SNAPSHOT_REPO}:{tag}"
-                    try:
-                        await self.mechanism.dump_running(cid, snap.id, dump)
-                    except EmulatorError as first:
-                        if isinstance(first, SnapshotFailed) and first.permanent:
-                            raise
-                        log.info("snapshot dump of %s failed, retrying once: %s", rec.id, first.message)
-                        await asyncio.sleep(0.5)
-                        await self.mechanism.dump_running(cid, snap.id, dump)
-                finally:
-                    await self.backend.unpause(cid)
+                    await self._commit_and_dump(cid, snap.id, tag, dump)
+                except EmulatorError as first:
+                    if isinstance(first, SnapshotFailed) and first.permanent:
+                        raise
+                    # As in suspend: a connection the agent had not yet closed makes CRIU refuse. The
+                    # container must run again for the agent to close it, so the retry takes a new
+                    # frozen state, files and memory together (the first image would not match it).
+                    log.info("snapshot dump of %s failed, retrying once: %s", rec.id, first.message)
+                    await self.backend.remove_image(snap.image_ref)
+                    await asyncio.sleep(0.5)
+                    await self._commit_and_dump(cid, snap.id, tag, dump)
                 snap.checkpoint_dir = str(dump)
             else:
                 await self.backend.commit(cid, SNAPSHOT_REPO, tag)  # Docker pauses around the commit
@@ -305,6 +304,16 @@ class CheckpointEngine:
                 await self.backend.remove_image(snap.image_ref)
                 snap.image_ref = None
         await self.store.save_snapshot(snap)
+
+    async def _commit_and_dump(self, cid: str, snap_id: str, tag: str, dump: Path) -> None:
+        """Freeze the container, commit its files as SNAPSHOT_REPO:`tag` and dump its processes into
+        `dump` (left running), then thaw it: one consistent state. Raises what commit or dump raise."""
+        await self.backend.pause(cid)
+        try:
+            await self.backend.commit(cid, SNAPSHOT_REPO, tag)
+            await self.mechanism.dump_running(cid, snap_id, dump)
+        finally:
+            await self.backend.unpause(cid)
 
     async def restore_new(self, snap: SnapshotRecord, spec: ContainerSpec) -> str:
         if snap.image_ref is None or (snap.snapshot_type == "memory" and snap.checkpoint_dir is None):
