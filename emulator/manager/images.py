@@ -285,7 +285,7 @@ def _read_context(path: Path, dockerfile_path: str) -> tuple[bytes, str]:
     data = path.read_bytes()
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            member = tar.extractfile(dockerfile_path.lstrip("./") or "Dockerfile")
+            member = tar.extractfile(dockerfile_path.removeprefix("./") or "Dockerfile")
             if member is None:
                 raise KeyError(dockerfile_path)
             return data, member.read().decode()
