@@ -306,4 +306,4 @@ def test_upstream_sandbox_image_tests(emulator: EmulatorProcess) -> None:
     out = subprocess.run([sys.executable, "-m", "pytest", str(test_file), "-k", "TestSandboxImages", "-q",
                           "-p", "no:tensorlake_emulator", "-p", "no:cacheprovider"],
                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0 and " 3 passed" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
+    assert out.returncode == 0 and "3 passed" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
