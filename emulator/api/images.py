@@ -152,14 +152,14 @@ async def build_logs(build_id: str, request: Request) -> Response:
 
 @router.get("/images/v4/images")
 async def list_images(request: Request) -> Response:
-    items = [image_wire(r) for r in _svc(request).in_namespace(NAMESPACE)]
+    items = [image_wire(r) for r in _svc(request).in_namespace(NAMESPACE) if r.family == "cas"]
     return JSONResponse({"items": items, "pagination": {"next": None}})
 
 
 @router.get("/images/v4/images/name/{name:path}")
 async def image_by_name(name: str, request: Request) -> Response:
     svc = _svc(request)
-    rec = svc.find(NAMESPACE, name.lower())
+    rec = svc.find(NAMESPACE, name.lower(), "cas")
     if rec is None:
         return _error(_not_found(name))
     return JSONResponse(image_wire(rec))
@@ -177,7 +177,7 @@ async def image_by_id(image_id: str, request: Request) -> Response:
 @router.delete("/images/v4/images/name/{name:path}")
 async def delete_by_name(name: str, request: Request) -> Response:
     svc = _svc(request)
-    rec = svc.find(NAMESPACE, name.lower())
+    rec = svc.find(NAMESPACE, name.lower(), "cas")
     if rec is None:
         return _error(_not_found(name))
     await svc.delete(rec)
@@ -199,15 +199,6 @@ def _not_found(name: str) -> EmulatorError:
     exc = EmulatorError(f"image '{name}' not found")
     exc.status, exc.code = 404, "not_found"  # type: ignore[misc]
     return exc
-
-
-# ---- the legacy template catalog: the emulator registers no legacy images ---------------------------
-
-
-@router.get("/platform/v1/sandbox-templates")
-async def list_templates() -> Response:
-    """The SDK merges this catalog into its image list; nothing is ever registered in it here."""
-    return JSONResponse({"items": [], "pagination": {"next": None}})
 
 
 def is_context_upload(scope: dict[str, Any]) -> bool:

@@ -106,6 +106,16 @@ class DockerImageBuilder:
                 error = f"the build reported no image: {exc.message}"
         return BuildResult(image_id=None if error else image_id, error=error, exit_code=_exit_code(error))
 
+    async def read_dir(self, container_id: str, path: str) -> bytes:
+        """A folder of a container as the engine's tar (its members under the folder's base name)."""
+        docker = self._docker()
+        try:
+            async with docker._query(f"containers/{container_id}/archive", method="GET",
+                                     params={"path": path}) as resp:
+                return bytes(await resp.read())
+        except DockerError as exc:
+            raise BackendUnavailable(f"could not read {path} from the builder sandbox: {exc.message}") from exc
+
     async def image_size(self, ref: str) -> int:
         """The image's size in bytes (all layers), 0 when unknown."""
         try:

@@ -144,6 +144,23 @@ class ImageService:
         task.add_done_callback(self._tasks.discard)
         return build
 
+    async def complete_legacy(self, build_id: str, container_id: str, context_dir: str,
+                              limits: BuildLimits) -> BuildRecord:
+        """Run a legacy build to its end: the context is the folder `context_dir` of the builder sandbox
+        (container `container_id`) the SDK uploaded it to; the Dockerfile came with the prepare call.
+        `limits` are the builder sandbox's cpus and memory and the target rootfs size (disk_mb)."""
+        build = self.get_build(build_id)
+        if build.phase != "awaiting_context":
+            return build
+        raw = await self._builder.read_dir(container_id, context_dir)
+        context = await asyncio.to_thread(_rerooted, raw, build.dockerfile_text or "")
+        await asyncio.to_thread(self._context_path(build_id).write_bytes, context)
+        build.dockerfile_path = LEGACY_DOCKERFILE
+        build.cpus, build.memory_mb, build.disk_mb = limits.cpus, limits.memory_mb, limits.disk_mb
+        self._move(build, "running", "starting_builder")
+        await self._run(build)
+        return build
+
     def _move(self, build: BuildRecord, status: str, phase: str) -> None:
         build.status = status  # type: ignore[assignment]
         build.phase = phase  # type: ignore[assignment]
@@ -210,6 +227,7 @@ class ImageService:
     async def _register(self, build: BuildRecord, docker_id: str, size: int, text: str) -> None:
         old = self.find(build.namespace, build.name)
         rec = ImageRecord(name=build.name, namespace=build.namespace, docker_ref=build.name, docker_id=docker_id,
+                          family=build.family,
                           size_bytes=size, disk_mb=build.disk_mb, dockerfile=text,
                           session_label=build.session_label, build_id=build.build_id)
         if old is not None:  # a rebuild keeps the image's id, as the service's does
@@ -228,9 +246,10 @@ class ImageService:
 
     # ---- images ----------------------------------------------------------------------------------
 
-    def find(self, namespace: str, name: str) -> ImageRecord | None:
+    def find(self, namespace: str, name: str, family: str | None = None) -> ImageRecord | None:
+        """The image registered under `name` (of `family`, or of either)."""
         for rec in self._images.values():
-            if rec.namespace == namespace and rec.name == name:
+            if rec.namespace == namespace and rec.name == name and family in (None, rec.family):
                 return rec
         return None
 
@@ -241,6 +260,9 @@ class ImageService:
         if rec is None:
             raise NotFound(f"image {name_or_id!r} not found")
         return rec
+
+    def lookup_id(self, image_id: str) -> ImageRecord | None:
+        return self._images.get(image_id)
 
     def in_namespace(self, namespace: str) -> list[ImageRecord]:
         return sorted((r for r in self._images.values() if r.namespace == namespace), key=lambda r: r.created_at)
@@ -270,6 +292,7 @@ class ImageService:
 
 
 REWRITTEN_DOCKERFILE = ".tensorlake-emulator/Dockerfile"
+LEGACY_DOCKERFILE = ".tensorlake-emulator/Dockerfile.source"
 
 
 def _sha256(path: Path) -> str:
@@ -301,6 +324,25 @@ def _with_file(context: bytes, name: str, text: str) -> bytes:
             dst.addfile(member, src.extractfile(member) if member.isfile() else None)
         body = text.encode()
         info = tarfile.TarInfo(name)
+        info.size, info.mode = len(body), 0o644
+        dst.addfile(info, io.BytesIO(body))
+    return out.getvalue()
+
+
+def _rerooted(raw: bytes, dockerfile_text: str) -> bytes:
+    """The engine's tar of a folder (members under its base name) as a build context rooted at that
+    folder, with the legacy build's Dockerfile text added at LEGACY_DOCKERFILE."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:*") as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for member in src.getmembers():
+            _, _, rest = member.name.partition("/")
+            if not rest:
+                continue  # the folder itself
+            data = src.extractfile(member) if member.isfile() else None
+            member.name = rest
+            dst.addfile(member, data)
+        body = dockerfile_text.encode()
+        info = tarfile.TarInfo(LEGACY_DOCKERFILE)
         info.size, info.mode = len(body), 0o644
         dst.addfile(info, io.BytesIO(body))
     return out.getvalue()

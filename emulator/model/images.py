@@ -15,6 +15,8 @@ from pydantic import BaseModel, Field
 
 from emulator.model.records import now_ms
 
+# cas: the SDK's default flow (/images/v4); legacy: the template flow of older SDKs (/platform/v1)
+ImageFamily = Literal["cas", "legacy"]
 BuildStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 BuildPhase = Literal["awaiting_context", "starting_builder", "executing", "snapshotting", "publishing",
                      "finished"]
@@ -37,6 +39,7 @@ class ImageRecord(BaseModel):
     namespace: str = "default"
     docker_ref: str
     docker_id: str
+    family: ImageFamily = "cas"
     size_bytes: int = 0
     disk_mb: int = 10240
     dockerfile: str = ""
@@ -57,6 +60,8 @@ class BuildRecord(BaseModel):
     name: str
     namespace: str = "default"
     kind: Literal["dockerfile"] = "dockerfile"
+    family: ImageFamily = "cas"
+    dockerfile_text: str | None = None  # legacy builds: the Dockerfile comes with the prepare call
     dockerfile_path: str = "Dockerfile"
     build_args: dict[str, str] = Field(default_factory=dict)
     cpus: float = 2.0
