@@ -296,14 +296,17 @@ def test_upstream_sandbox_image_tests(emulator: EmulatorProcess) -> None:
     """`TestSandboxImages` of tensorlakeai/tensorlake's tests/sandbox/test_lifecycle.py, unmodified.
 
     Needs a checkout of that repository (TLE_UPSTREAM_TENSORLAKE=<its folder>); none is reachable
-    offline (CI), where the tests above cover the same calls.
+    offline (CI), where the tests above and tests/test_image_templates.py cover the same calls.
     """
     root = os.environ.get("TLE_UPSTREAM_TENSORLAKE", "")
     test_file = Path(root) / "tests/sandbox/test_lifecycle.py"
     if not root or not test_file.is_file():
         pytest.skip("no checkout of tensorlakeai/tensorlake (set TLE_UPSTREAM_TENSORLAKE to run its image tests)")
     env = {**os.environ, "TENSORLAKE_API_URL": emulator.api_url, "TENSORLAKE_API_KEY": "any-key-works"}
-    out = subprocess.run([sys.executable, "-m", "pytest", str(test_file), "-k", "TestSandboxImages", "-q",
+    # The file was written for SDK 0.5.113 (the legacy flow): TLE_UPSTREAM_PYTHON may name the python of a
+    # venv with tensorlake==0.5.113 and pytest; the pinned SDK (the CAS flow) runs it otherwise.
+    python = os.environ.get("TLE_UPSTREAM_PYTHON") or sys.executable
+    out = subprocess.run([python, "-m", "pytest", str(test_file), "-k", "TestSandboxImages", "-q",
                           "-p", "no:tensorlake_emulator", "-p", "no:cacheprovider"],
                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0 and "3 passed" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
