@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from emulator.api import validation
 from emulator.api.images import NAMESPACE, _error, _rfc3339, _svc
 from emulator.backend.image_build import BuildLimits
 from emulator.errors import BadRequest, EmulatorError, NotFound
@@ -87,7 +88,8 @@ async def prepare(request: Request) -> Response:
                              "digits and . _ - / separators")
         build = _svc(request).create_build(BuildRecord(
             name=req.name, namespace=NAMESPACE, family="legacy", dockerfile_text=req.dockerfile,
-            session_label=request.headers.get("x-tle-session") or s.session_label or None))
+            session_label=validation.session_label(request.headers.get("x-tle-session"))
+            or s.session_label or None))
     except EmulatorError as exc:
         return _error(exc)
     return JSONResponse({
