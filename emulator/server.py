@@ -26,6 +26,7 @@ from emulator.gate import Gate, GatePolicy
 from emulator.http_protocols import JsonErrorsH11Protocol, JsonErrorsWebSocketProtocol
 from emulator.labels import instance_label
 from emulator.manager.dockerfile import parse_aliases
+from emulator.manager.image_logs import BuilderLogMirror
 from emulator.manager.images import ImageService
 from emulator.manager.sandboxes import SandboxManager
 from emulator.proxy.app import ProxyApp
@@ -86,7 +87,9 @@ async def serve(settings: Settings) -> None:
                for p, img in parse_aliases(settings.image_base_aliases).items()}
     images = ImageService(store, backend, DockerImageBuilder(lambda: backend.docker), settings.data_dir,
                           instance_label(settings.data_dir), settings.default_image, aliases,
-                          settings.image_max_context_bytes)
+                          settings.image_max_context_bytes,
+                          lambda b: BuilderLogMirror(manager, agents, settings.default_image, b.namespace,
+                                                     b.session_label))
     await images.start()
     manager.images = images
     await manager.start()

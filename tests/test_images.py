@@ -64,11 +64,13 @@ def built(tmp_path: Path) -> Iterator[str]:
     """An image with a marker file, built from a Dockerfile; deleted afterwards."""
     name = _name()
     events: list[dict] = []
-    build_sandbox_image(_dockerfile(tmp_path, f"FROM {BASE}\nRUN printf 'built here\\n' > /opt/marker\n"
+    build_sandbox_image(_dockerfile(tmp_path, f"FROM {BASE}\nRUN echo live-log-line && printf 'built here\\n' > /opt/marker\n"
                                               "ENV TLE_IMAGE_VAR=from-image\n"),
                         registered_name=name, cpus=1.0, memory_mb=1024, emit=events.append)
     kinds = [e.get("type") for e in events]
     assert "build_accepted" in kinds and "image_registered" in kinds, kinds
+    # The log arrives live, as the SDK follows it: from the builder sandbox's tl-image-builder process.
+    assert any(e.get("type") == "build_log" and e.get("message") == "live-log-line" for e in events), events
     yield name
     try:
         delete_sandbox_image(name)

@@ -75,7 +75,7 @@ def build_wire(svc: ImageService, build: BuildRecord) -> dict[str, Any]:
     result = svc.result_of(build)
     return {"build_id": build.build_id, "status": build.status, "kind": build.kind, "name": build.name,
             "phase": build.phase, "attempt_no": build.attempt_no, "client_request_id": build.client_request_id,
-            "builder_sandbox_id": None, "error": build.error,
+            "builder_sandbox_id": build.builder_sandbox_id, "error": build.error,
             "image_id": build.image_id, "result": image_wire(result) if result else None,
             "builder_resources": {"cpus": build.cpus, "memory_mb": build.memory_mb}, "disk_mb": build.disk_mb,
             "operation_deadline_ms": build.created_at + OPERATION_DEADLINE_MS,

@@ -16,13 +16,14 @@ import hashlib
 import io
 import logging
 import tarfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from emulator.backend.base import LABEL_INSTANCE, LABEL_NAMESPACE, LABEL_PREFIX, LABEL_SESSION, RuntimeBackend
 from emulator.backend.image_build import BuildLimits, BuildResult, DockerImageBuilder
 from emulator.errors import BadRequest, EmulatorError, NotFound
 from emulator.manager import dockerfile
+from emulator.manager.image_logs import BuilderLogMirror
 from emulator.model.images import BuildRecord, ImageRecord
 from emulator.model.records import now_ms
 from emulator.store.sqlite import Store
@@ -60,7 +61,8 @@ class ImageService:
     """Owns the image and build records. `instance` is the emulator's instance label value."""
 
     def __init__(self, store: Store, backend: RuntimeBackend, builder: DockerImageBuilder, data_dir: Path,
-                 instance: str, default_image: str, aliases: dict[str, str], max_context_bytes: int) -> None:
+                 instance: str, default_image: str, aliases: dict[str, str], max_context_bytes: int,
+                 mirrors: Callable[[BuildRecord], BuilderLogMirror] | None = None) -> None:
         self._store = store
         self._backend = backend
         self._builder = builder
@@ -72,6 +74,9 @@ class ImageService:
         self._images: dict[str, ImageRecord] = {}
         self._builds: dict[str, BuildRecord] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # CAS builds: a sandbox whose tl-image-builder process shows the SDK the log live
+        self._mirror_factory = mirrors
+        self._mirrors: dict[str, BuilderLogMirror] = {}
 
     async def start(self) -> None:
         """Load the registered images, dropping those whose engine image is gone (removed by hand)."""
@@ -139,6 +144,14 @@ class ImageService:
         if digest and digest.removeprefix("sha256:") != actual:
             raise ContextMismatch(f"context digest {digest} does not match the uploaded context ({actual})")
         self._move(build, "running", "starting_builder")
+        if self._mirror_factory is not None:
+            # Started before the answer, so the SDK's first poll already names it and follows it.
+            mirror = self._mirror_factory(build)
+            build.builder_sandbox_id = await mirror.start()
+            if build.builder_sandbox_id is not None:
+                self._mirrors[build_id] = mirror
+                for line in build.log:
+                    mirror.write(line)
         task = asyncio.create_task(self._run(build), name=f"image-build-{build_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -168,6 +181,9 @@ class ImageService:
 
     def _line(self, build: BuildRecord, line: str) -> None:
         build.log.append(line)
+        mirror = self._mirrors.get(build.build_id)
+        if mirror is not None:
+            mirror.write(line)
         if len(build.log) > LOG_LINES_KEPT:
             del build.log[: len(build.log) - LOG_LINES_KEPT]
         log.debug("build %s: %s", build.build_id, line)
@@ -188,6 +204,9 @@ class ImageService:
             self._fail(build, f"{type(exc).__name__}: {exc}")
         finally:
             path.unlink(missing_ok=True)
+            mirror = self._mirrors.pop(build.build_id, None)
+            if mirror is not None:
+                await mirror.finish()
 
     def _labels(self, build: BuildRecord) -> dict[str, str]:
         labels = {LABEL_INSTANCE: self._instance, LABEL_NAMESPACE: build.namespace, LABEL_IMAGE_NAME: build.name}

@@ -74,6 +74,7 @@ class BuildRecord(BaseModel):
     attempt_no: int = 1
     error: str | None = None
     image_id: str | None = None
+    builder_sandbox_id: str | None = None  # the sandbox mirroring the log to the SDK (manager/image_logs.py)
     log: list[str] = Field(default_factory=list)
     created_at: int = Field(default_factory=now_ms)
     updated_at: int = Field(default_factory=now_ms)
