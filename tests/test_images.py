@@ -64,7 +64,8 @@ def built(tmp_path: Path) -> Iterator[str]:
     """An image with a marker file, built from a Dockerfile; deleted afterwards."""
     name = _name()
     events: list[dict] = []
-    build_sandbox_image(_dockerfile(tmp_path, f"FROM {BASE}\nRUN echo live-log-line && printf 'built here\\n' > /opt/marker\n"
+    build_sandbox_image(_dockerfile(tmp_path, f"FROM {BASE}\n"
+                                              "RUN echo live-log-line && printf 'built here\\n' > /opt/marker\n"
                                               "ENV TLE_IMAGE_VAR=from-image\n"),
                         registered_name=name, cpus=1.0, memory_mb=1024, emit=events.append)
     kinds = [e.get("type") for e in events]
