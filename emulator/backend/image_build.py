@@ -54,8 +54,8 @@ class DockerImageBuilder:
         return {t for img in images for t in (img.get("RepoTags") or []) if t != "<none>:<none>"}
 
     async def build(self, context: bytes, dockerfile: str, tag: str, limits: BuildLimits,
-                    buildargs: dict[str, str], on_line: Callable[[str], None]) -> BuildResult:
-        """Build `context` (an uncompressed tar holding `dockerfile`) and tag the image `tag`.
+                    buildargs: dict[str, str], labels: dict[str, str], on_line: Callable[[str], None]) -> BuildResult:
+        """Build `context` (an uncompressed tar holding `dockerfile`), tag the image `tag`, label it `labels`.
 
         Every line of the engine's output goes to `on_line` as it arrives. Engine errors that are the
         build's fault come back in BuildResult.error; an engine that cannot be reached raises
@@ -70,6 +70,8 @@ class DockerImageBuilder:
         }
         if buildargs:
             params["buildargs"] = json.dumps(buildargs)
+        if labels:
+            params["labels"] = json.dumps(labels)
         docker = self._docker()
         image_id: str | None = None
         error: str | None = None
@@ -115,6 +117,22 @@ class DockerImageBuilder:
                 return bytes(await resp.read())
         except DockerError as exc:
             raise BackendUnavailable(f"could not read {path} from the builder sandbox: {exc.message}") from exc
+
+    async def prune_dangling(self, key: str, value: str) -> int:
+        """Remove the untagged images labelled key=value (layers of finished builds); how many went."""
+        filters = json.dumps({"label": [f"{key}={value}"], "dangling": ["true"]})
+        removed = 0
+        try:
+            images = await self._docker().images.list(filters=filters)
+        except DockerError:
+            return 0
+        for img in images:
+            try:
+                await self._docker().images.delete(img["Id"], noprune=False)
+                removed += 1
+            except DockerError:
+                pass  # in use (a sandbox runs from a replaced image): a later prune gets it
+        return removed
 
     async def image_size(self, ref: str) -> int:
         """The image's size in bytes (all layers), 0 when unknown."""

@@ -31,6 +31,10 @@ from emulator.store.sqlite import Store
 log = logging.getLogger("emulator.images")
 
 LABEL_IMAGE_NAME = f"{LABEL_PREFIX}.image-name"
+# On every layer a build commits (a LABEL after each FROM), so the cached steps of a failed build are
+# found again; a key of its own, not LABEL_INSTANCE, so that the dangling-image prune of snapshot
+# deletes never takes the last layer of a build still running. Pruned here when no build runs.
+LABEL_BUILD = f"{LABEL_PREFIX}.build-instance"
 # The SDK's own advice sentences (its Rust core prints them for a legacy builder's failures); the
 # upstream tests look for the first sentence of each.
 MEMORY_ADVICE = ("The builder sandbox ran out of memory. Retry with a larger `memory_mb` / `memoryMb` / "
@@ -204,6 +208,8 @@ class ImageService:
             self._fail(build, f"{type(exc).__name__}: {exc}")
         finally:
             path.unlink(missing_ok=True)
+            if not any(b.status == "running" for b in self._builds.values() if b is not build):
+                await self._builder.prune_dangling(LABEL_BUILD, self._instance)
             mirror = self._mirrors.pop(build.build_id, None)
             if mirror is not None:
                 await mirror.finish()
@@ -221,23 +227,23 @@ class ImageService:
             return ref in tags or f"{ref}:latest" in tags
 
         context, text = await asyncio.to_thread(_read_context, path, build.dockerfile_path)
-        rewritten = dockerfile.rewrite(text, self._labels(build), exists, self._aliases)
+        # Blanked on the layers: a base built here carries them, and a sweep must not take a running build's.
+        layer_labels = {LABEL_BUILD: self._instance, LABEL_INSTANCE: "", LABEL_SESSION: ""}
+        rewritten = dockerfile.rewrite(text, layer_labels, exists, self._aliases)
         for note in rewritten.notes:
             self._line(build, f"[emulator] {note}")
         context = await asyncio.to_thread(_with_file, context, REWRITTEN_DOCKERFILE, rewritten.text)
         self._move(build, "running", "executing")
         limits = BuildLimits(cpus=build.cpus, memory_mb=build.memory_mb, disk_mb=build.disk_mb)
         result = await self._builder.build(context, REWRITTEN_DOCKERFILE, build.name, limits, build.build_args,
-                                           lambda line: self._line(build, line))
+                                           self._labels(build), lambda line: self._line(build, line))
         if result.image_id is None:
             self._fail(build, _failure_message(result, build))
-            await self._backend.prune_dangling_ours()
             return
         self._move(build, "running", "snapshotting")
         size = await self._builder.image_size(result.image_id)
         if size > build.disk_mb * 1024 * 1024:
             await self._builder.remove(build.name)
-            await self._backend.prune_dangling_ours()
             self._fail(build, f"{DISK_ADVICE} The image is {size} bytes, over disk_mb={build.disk_mb} MiB.")
             return
         self._move(build, "running", "publishing")
