@@ -184,6 +184,26 @@ def test_async_builds_in_parallel_and_async_sandboxes(tmp_path: Path) -> None:
             delete_sandbox_image(name)
 
 
+def test_start_then_cancel_a_build(tmp_path: Path) -> None:
+    from tensorlake.image.builds import (
+        ImageBuildCancellationOutcome,
+        ImageBuildStatus,
+        cancel_build,
+        get_build,
+        start_build,
+    )
+
+    name = _name()
+    handle = start_build(_dockerfile(tmp_path, f"FROM {BASE}\nRUN sleep 60\n"), registered_name=name)
+    time.sleep(1.0)  # the engine is in the RUN step
+    t0 = time.monotonic()
+    outcome = cancel_build(handle.build_id)
+    assert outcome.outcome is ImageBuildCancellationOutcome.CANCELLED and time.monotonic() - t0 < 15
+    assert get_build(handle.build_id).info.status is ImageBuildStatus.CANCELLED
+    assert cancel_build(handle.build_id).outcome is ImageBuildCancellationOutcome.ALREADY_CANCELLED
+    assert find_sandbox_image_by_name(name) is None and _docker_labels(name) is None
+
+
 # ---- failures --------------------------------------------------------------------------------------
 
 

@@ -131,6 +131,25 @@ async def seal_context(build_id: str, request: Request) -> Response:
     return JSONResponse(build_wire(_svc(request), build))
 
 
+class CancelRequest(BaseModel):
+    build_id: str = Field(min_length=1, max_length=200)
+
+
+@router.post("/images/v4/builds/cancel")
+async def cancel_build(request: Request) -> Response:
+    """`{"build_id"}` -> `{"outcome", "build"}` (the SDK's `builds.cancel_build`)."""
+    try:
+        try:
+            req = CancelRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise BadRequest(f"Invalid cancel request: {exc.errors()[0]['msg']}") from exc
+        outcome = await _svc(request).cancel(req.build_id)
+        build = _svc(request).get_build(req.build_id)
+    except EmulatorError as exc:
+        return _error(exc)
+    return JSONResponse({"outcome": outcome, "build": build_wire(_svc(request), build)})
+
+
 @router.get("/images/v4/builds/{build_id}")
 async def get_build(build_id: str, request: Request) -> Response:
     try:

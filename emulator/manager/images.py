@@ -78,6 +78,8 @@ class ImageService:
         self._images: dict[str, ImageRecord] = {}
         self._builds: dict[str, BuildRecord] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}  # build id -> its task (CAS builds)
+        self._cancelled: set[str] = set()  # builds a caller cancelled (not the emulator stopping)
         # CAS builds: a sandbox whose tl-image-builder process shows the SDK the log live
         self._mirror_factory = mirrors
         self._mirrors: dict[str, BuilderLogMirror] = {}
@@ -158,8 +160,28 @@ class ImageService:
                     mirror.write(line)
         task = asyncio.create_task(self._run(build), name=f"image-build-{build_id}")
         self._tasks.add(task)
+        self._running[build_id] = task
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._running.pop(build_id, None))
         return build
+
+    async def cancel(self, build_id: str) -> str:
+        """Cancel a build (the SDK's `cancel_build`): the outcome, `cancelled` or `already_completed`,
+        `already_failed`, `already_cancelled` for a finished one. Stopping the engine's build is closing
+        its request: the engine cancels a build whose client went away. NotFound for an unknown id."""
+        build = self.get_build(build_id)
+        if build.finished:
+            return {"succeeded": "already_completed", "failed": "already_failed"}.get(build.status,
+                                                                                      "already_cancelled")
+        self._cancelled.add(build_id)
+        task = self._running.get(build_id)
+        if task is None:  # still awaiting its context
+            self._fail(build, "cancelled", status="cancelled")
+            self._context_path(build_id).unlink(missing_ok=True)
+        else:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return "cancelled" if build.status == "cancelled" else "already_completed"
 
     async def complete_legacy(self, build_id: str, container_id: str, context_dir: str,
                               limits: BuildLimits) -> BuildRecord:
@@ -197,8 +219,10 @@ class ImageService:
         try:
             await self._build(build, path)
         except asyncio.CancelledError:
-            self._fail(build, "the emulator stopped during the build", status="cancelled")
-            raise
+            why = "cancelled" if build.build_id in self._cancelled else "the emulator stopped during the build"
+            self._fail(build, why, status="cancelled")
+            if build.build_id not in self._cancelled:
+                raise
         except dockerfile.MissingBaseImage as exc:
             self._fail(build, str(exc))
         except EmulatorError as exc:
