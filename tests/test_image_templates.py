@@ -14,7 +14,7 @@ from tensorlake.image import delete_sandbox_image, find_sandbox_image_by_name, l
 from tensorlake.image.sandbox_builder import SandboxImageBuildError, build_sandbox_image
 from tensorlake.sandbox import Sandbox
 
-from emulator.manager.images import MEMORY_ADVICE
+from emulator.manager.image_context import MEMORY_ADVICE
 from sdk_shim.launcher import EmulatorProcess
 
 T = 60.0

@@ -30,7 +30,7 @@ from tensorlake.image.sandbox_builder import SandboxImageBuildError, SandboxImag
 from tensorlake.sandbox import AsyncSandbox, Sandbox, SandboxClient
 
 from emulator.labels import LABEL_INSTANCE, LABEL_SESSION
-from emulator.manager.images import DISK_ADVICE, MEMORY_ADVICE
+from emulator.manager.image_context import DISK_ADVICE, MEMORY_ADVICE
 from sdk_shim.launcher import EmulatorProcess
 
 T = 60.0

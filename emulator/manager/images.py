@@ -12,17 +12,25 @@ of a namespace or session remove them. Builds live in memory: a restart forgets 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import logging
-import tarfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from emulator.backend.base import LABEL_INSTANCE, LABEL_NAMESPACE, LABEL_PREFIX, LABEL_SESSION, RuntimeBackend
-from emulator.backend.image_build import BuildLimits, BuildResult, DockerImageBuilder
+from emulator.backend.image_build import BuildLimits, DockerImageBuilder
 from emulator.errors import BadRequest, EmulatorError, NotFound
 from emulator.manager import dockerfile
+from emulator.manager.image_context import (
+    DISK_ADVICE,
+    LEGACY_DOCKERFILE,
+    LOG_LINES_KEPT,
+    REWRITTEN_DOCKERFILE,
+    failure_message,
+    read_context,
+    rerooted,
+    sha256_of,
+    with_file,
+)
 from emulator.manager.image_logs import BuilderLogMirror
 from emulator.model.images import BuildRecord, ImageRecord
 from emulator.model.records import now_ms
@@ -35,14 +43,6 @@ LABEL_IMAGE_NAME = f"{LABEL_PREFIX}.image-name"
 # found again; a key of its own, not LABEL_INSTANCE, so that the dangling-image prune of snapshot
 # deletes never takes the last layer of a build still running. Pruned here when no build runs.
 LABEL_BUILD = f"{LABEL_PREFIX}.build-instance"
-# The SDK's own advice sentences (its Rust core prints them for a legacy builder's failures); the
-# upstream tests look for the first sentence of each.
-MEMORY_ADVICE = ("The builder sandbox ran out of memory. Retry with a larger `memory_mb` / `memoryMb` / "
-                 "`--memory` value.")
-DISK_ADVICE = ("The builder sandbox ran out of disk space. Retry with a larger `disk_mb` / `diskMb` value "
-               "(a local build may write at most disk_mb MiB per file and its image may not exceed it).")
-LOG_LINES_KEPT = 400
-ERROR_LOG_LINES = 30  # of the build log, quoted in a failed build's error
 
 
 class ImageBuildInProgress(EmulatorError):
@@ -146,7 +146,7 @@ class ImageService:
         path = self._context_path(build_id)
         if not path.exists():
             raise BadRequest(f"build {build_id} has no uploaded context to seal")
-        actual = await asyncio.to_thread(_sha256, path)
+        actual = await asyncio.to_thread(sha256_of, path)
         if digest and digest.removeprefix("sha256:") != actual:
             raise ContextMismatch(f"context digest {digest} does not match the uploaded context ({actual})")
         self._move(build, "running", "starting_builder")
@@ -192,13 +192,18 @@ class ImageService:
         if build.phase != "awaiting_context":
             return build
         raw = await self._builder.read_dir(container_id, context_dir)
-        context = await asyncio.to_thread(_rerooted, raw, build.dockerfile_text or "")
+        context = await asyncio.to_thread(rerooted, raw, build.dockerfile_text or "")
         await asyncio.to_thread(self._context_path(build_id).write_bytes, context)
         build.dockerfile_path = LEGACY_DOCKERFILE
         build.cpus, build.memory_mb, build.disk_mb = limits.cpus, limits.memory_mb, limits.disk_mb
         self._move(build, "running", "starting_builder")
         await self._run(build)
         return build
+
+    async def _prune_build_layers(self, finishing: BuildRecord | None = None) -> None:
+        """Remove the untagged layers of finished builds, unless another build is running."""
+        if not any(b.status == "running" for b in self._builds.values() if b is not finishing):
+            await self._builder.prune_dangling(LABEL_BUILD, self._instance)
 
     def _move(self, build: BuildRecord, status: str, phase: str) -> None:
         build.status = status  # type: ignore[assignment]
@@ -232,8 +237,7 @@ class ImageService:
             self._fail(build, f"{type(exc).__name__}: {exc}")
         finally:
             path.unlink(missing_ok=True)
-            if not any(b.status == "running" for b in self._builds.values() if b is not build):
-                await self._builder.prune_dangling(LABEL_BUILD, self._instance)
+            await self._prune_build_layers(build)
             mirror = self._mirrors.pop(build.build_id, None)
             if mirror is not None:
                 await mirror.finish()
@@ -250,19 +254,20 @@ class ImageService:
         def exists(ref: str) -> bool:
             return ref in tags or f"{ref}:latest" in tags
 
-        context, text = await asyncio.to_thread(_read_context, path, build.dockerfile_path)
-        # Blanked on the layers: a base built here carries them, and a sweep must not take a running build's.
-        layer_labels = {LABEL_BUILD: self._instance, LABEL_INSTANCE: "", LABEL_SESSION: ""}
+        context, text = await asyncio.to_thread(read_context, path, build.dockerfile_path)
+        # LABEL_INSTANCE blanked on the layers (a base built here carries it): the snapshot prune must not
+        # take a running build's last layer. The session's label stays, so its sweep finds leftovers.
+        layer_labels = {LABEL_BUILD: self._instance, LABEL_INSTANCE: "", LABEL_SESSION: build.session_label or ""}
         rewritten = dockerfile.rewrite(text, layer_labels, exists, self._aliases)
         for note in rewritten.notes:
             self._line(build, f"[emulator] {note}")
-        context = await asyncio.to_thread(_with_file, context, REWRITTEN_DOCKERFILE, rewritten.text)
+        context = await asyncio.to_thread(with_file, context, REWRITTEN_DOCKERFILE, rewritten.text)
         self._move(build, "running", "executing")
         limits = BuildLimits(cpus=build.cpus, memory_mb=build.memory_mb, disk_mb=build.disk_mb)
         result = await self._builder.build(context, REWRITTEN_DOCKERFILE, build.name, limits, build.build_args,
                                            self._labels(build), lambda line: self._line(build, line))
         if result.image_id is None:
-            self._fail(build, _failure_message(result, build))
+            self._fail(build, failure_message(result, build))
             return
         self._move(build, "running", "snapshotting")
         size = await self._builder.image_size(result.image_id)
@@ -326,6 +331,7 @@ class ImageService:
         if await self._builder.image_id(rec.docker_ref) == rec.docker_id:
             await self._builder.remove(rec.docker_ref)
         await self._backend.prune_dangling_ours()
+        await self._prune_build_layers()
         for build in self._builds.values():
             if build.image_id == rec.id:
                 build.image_id = None
@@ -338,74 +344,3 @@ class ImageService:
         for rec in gone:
             await self.delete(rec)
         return [r.id for r in gone]
-
-
-REWRITTEN_DOCKERFILE = ".tensorlake-emulator/Dockerfile"
-LEGACY_DOCKERFILE = ".tensorlake-emulator/Dockerfile.source"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _read_context(path: Path, dockerfile_path: str) -> tuple[bytes, str]:
-    """The context tar's bytes and the text of its Dockerfile. BadRequest when it has none."""
-    data = path.read_bytes()
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            member = tar.extractfile(dockerfile_path.removeprefix("./") or "Dockerfile")
-            if member is None:
-                raise KeyError(dockerfile_path)
-            return data, member.read().decode()
-    except (KeyError, tarfile.TarError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the build context has no readable Dockerfile at {dockerfile_path!r}: {exc}") from exc
-
-
-def _with_file(context: bytes, name: str, text: str) -> bytes:
-    """The context tar with one more file (the rewritten Dockerfile)."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(context), mode="r:*") as src, tarfile.open(fileobj=out, mode="w") as dst:
-        for member in src.getmembers():
-            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-        body = text.encode()
-        info = tarfile.TarInfo(name)
-        info.size, info.mode = len(body), 0o644
-        dst.addfile(info, io.BytesIO(body))
-    return out.getvalue()
-
-
-def _rerooted(raw: bytes, dockerfile_text: str) -> bytes:
-    """The engine's tar of a folder (members under its base name) as a build context rooted at that
-    folder, with the legacy build's Dockerfile text added at LEGACY_DOCKERFILE."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:*") as src, tarfile.open(fileobj=out, mode="w") as dst:
-        for member in src.getmembers():
-            _, _, rest = member.name.partition("/")
-            if not rest:
-                continue  # the folder itself
-            data = src.extractfile(member) if member.isfile() else None
-            member.name = rest
-            dst.addfile(member, data)
-        body = dockerfile_text.encode()
-        info = tarfile.TarInfo(LEGACY_DOCKERFILE)
-        info.size, info.mode = len(body), 0o644
-        dst.addfile(info, io.BytesIO(body))
-    return out.getvalue()
-
-
-def _failure_message(result: BuildResult, build: BuildRecord) -> str:
-    """The engine's error, the SDK's advice where the cause is known, and the log's last lines."""
-    text = "\n".join(build.log[-ERROR_LOG_LINES:])
-    lowered = f"{result.error}\n{text}".lower()
-    advice = None
-    if result.exit_code == 137 or "out of memory" in lowered or "memoryerror" in lowered:
-        advice = MEMORY_ADVICE
-    elif (result.exit_code == 153 or "no space left on device" in lowered or "file too large" in lowered
-          or "file size limit exceeded" in lowered):
-        advice = DISK_ADVICE
-    parts = [p for p in (advice, result.error) if p]
-    return " ".join(parts) + (f"\nBuild log (last lines):\n{text}" if text else "")
