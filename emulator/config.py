@@ -79,6 +79,12 @@ class Settings(BaseModel):
                               "and Origin checks off")
     api_max_body_bytes: int = _env("TLE_API_MAX_BODY_BYTES", 1024 * 1024,
                                    "largest request body the lifecycle API reads", ge=1024)
+    image_base_aliases: str = _env("TLE_IMAGE_BASE_ALIASES", "python=default,python:*=default",
+                                   "image builds: FROM references that are not local images, mapped to local ones "
+                                   "(`pattern=image,...`, fnmatch patterns; `default` is TLE_DEFAULT_IMAGE); no "
+                                   "registry is reachable, so any other missing base fails the build")
+    image_max_context_bytes: int = _env("TLE_IMAGE_MAX_CONTEXT_BYTES", 2 * 1024 ** 3,
+                                        "largest build context an image build may upload", ge=1024)
     request_log_size: int = _env("TLE_REQUEST_LOG_SIZE", 10_000,
                                  "requests kept by the request log (GET /emulator/requests); the oldest go first",
                                  ge=1, le=1_000_000)

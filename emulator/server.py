@@ -15,7 +15,9 @@ from emulator import metrics
 from emulator.agent_client import AgentClients
 from emulator.api.app import build_api
 from emulator.api.body_limit import BodyLimit
+from emulator.api.images import is_context_upload
 from emulator.backend.docker import DockerBackend
+from emulator.backend.image_build import DockerImageBuilder
 from emulator.checkpoints.engine import CheckpointEngine, choose_mechanism
 from emulator.checkpoints.probe import CriuProbe
 from emulator.config import Settings
@@ -23,6 +25,9 @@ from emulator.errors import EmulatorError
 from emulator.gate import Gate, GatePolicy
 from emulator.http_protocols import JsonErrorsH11Protocol, JsonErrorsWebSocketProtocol
 from emulator.labels import instance_label
+from emulator.manager.dockerfile import parse_aliases
+from emulator.manager.image_logs import BuilderLogMirror
+from emulator.manager.images import ImageService
 from emulator.manager.sandboxes import SandboxManager
 from emulator.proxy.app import ProxyApp
 from emulator.request_log import RequestLog, RequestLogger
@@ -78,6 +83,15 @@ async def serve(settings: Settings) -> None:
     agents = AgentClients(backend.init_pid)
     checkpoints = await _checkpoint_engine(settings, backend, store)
     manager = SandboxManager(settings, store, backend, agents, checkpoints)
+    aliases = {p: settings.default_image if img == "default" else img
+               for p, img in parse_aliases(settings.image_base_aliases).items()}
+    images = ImageService(store, backend, DockerImageBuilder(lambda: backend.docker), settings.data_dir,
+                          instance_label(settings.data_dir), settings.default_image, aliases,
+                          settings.image_max_context_bytes,
+                          lambda b: BuilderLogMirror(manager, agents, settings.default_image, b.namespace,
+                                                     b.session_label))
+    await images.start()
+    manager.images = images
     await manager.start()
 
     # Both ports: the request log outermost (refusals are logged too), then the gate (Host, Origin,
@@ -86,7 +100,9 @@ async def serve(settings: Settings) -> None:
     request_log.listeners.append(metrics.observe_request)
     metrics.STATE.inventory = manager.inventory
     resolve = _resolver(manager)
-    api_app = RequestLogger(Gate(BodyLimit(build_api(settings, manager, request_log), settings.api_max_body_bytes),
+    api_body = BodyLimit(build_api(settings, manager, request_log, images), settings.api_max_body_bytes,
+                         is_context_upload)
+    api_app = RequestLogger(Gate(api_body,
                                  GatePolicy.for_port(settings, proxy=False), "api"), request_log, "api", resolve)
     proxy_app = RequestLogger(Gate(ProxyApp(manager, agents), GatePolicy.for_port(settings, proxy=True), "proxy"),
                               request_log, "proxy", resolve)
@@ -116,6 +132,7 @@ async def serve(settings: Settings) -> None:
     try:
         await asyncio.gather(api.serve(), proxy.serve())
     finally:
+        await images.stop()
         await manager.stop()
         await backend.close()
         store.close()

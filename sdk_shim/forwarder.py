@@ -89,7 +89,8 @@ class Forwarder:
             def _forward(self) -> None:
                 body = self._body()
                 path = self.path
-                if fwd.names is not None:
+                # Sandbox names only: an image build's `name` is the image's (usable in create(image=...)).
+                if fwd.names is not None and not path.startswith(("/images/", "/platform/")):
                     body = fwd.names.request_body(self.command, body)
                     path = fwd.names.request_path(path)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}

@@ -6,18 +6,24 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from emulator.api import control, errors
+from emulator.api.image_templates import router as template_router
+from emulator.api.images import router as image_router
 from emulator.api.lifecycle import router
 from emulator.api.pools import router as pool_router
 from emulator.config import Settings
+from emulator.manager.images import ImageService
 from emulator.manager.sandboxes import SandboxManager
 from emulator.request_log import RequestLog
 
 
-def build_api(settings: Settings, manager: SandboxManager, request_log: RequestLog | None = None) -> FastAPI:
-    """The lifecycle API and the emulator's own routes; `request_log` is what /emulator/requests serves."""
+def build_api(settings: Settings, manager: SandboxManager, request_log: RequestLog | None = None,
+              images: ImageService | None = None) -> FastAPI:
+    """The lifecycle API and the emulator's own routes; `request_log` is what /emulator/requests serves;
+    `images` serves the sandbox-image routes (api/images.py)."""
     app = FastAPI(title="tensorlake-emulator lifecycle API", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.manager = manager
+    app.state.images = images
     app.state.request_log = request_log or RequestLog(settings.request_log_size)
     errors.install(app)
 
@@ -37,6 +43,9 @@ def build_api(settings: Settings, manager: SandboxManager, request_log: RequestL
         })
 
     app.include_router(control.router)
+    if images is not None:
+        app.include_router(image_router)
+        app.include_router(template_router)
     app.include_router(control.metrics_router)
     for r in (router, pool_router):
         app.include_router(r, prefix="/v1/namespaces/{namespace}")

@@ -10,6 +10,7 @@ the one error mapping of api/errors.py like any other EmulatorError.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from emulator.api.errors import send_asgi_error
@@ -21,12 +22,14 @@ BODY_DEADLINE = 30.0  # seconds from the first read to the end of the body
 class BodyLimit:
     """ASGI middleware: bodies of http requests are at most max_bytes and arrive within BODY_DEADLINE."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, exempt: Callable[[dict[str, Any]], bool] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # requests whose handler limits its own (streamed) body: an image build's context upload
+        self.exempt = exempt
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.exempt is not None and self.exempt(scope)):
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)

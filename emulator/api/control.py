@@ -35,6 +35,7 @@ class ResetReport(BaseModel):
     snapshots: list[str]
     pools: list[str]
     file_systems: list[str]
+    images: list[str] = []  # sandbox images built in the scope (ids)
     errors: list[str]
     seconds: float
 

@@ -32,6 +32,7 @@ from emulator.errors import (
 )
 from emulator.manager import egress, reaper, reserve, suspension, warm, watch
 from emulator.manager.context import ManagerContext
+from emulator.manager.images import ImageService
 from emulator.manager.launch import launch
 from emulator.manager.pool_table import PoolTable
 from emulator.manager.pools import PoolManager
@@ -67,6 +68,7 @@ class SandboxManager:
         self._watch: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self.pools = PoolManager(self._ctx, self._check_resources)
+        self.images: ImageService | None = None  # set by the server; a reset removes its images too
 
     @property
     def settings(self) -> Settings:
@@ -129,7 +131,14 @@ class SandboxManager:
     async def reset(self, namespace: str | None, session: str | None) -> dict[str, Any]:
         """Terminate and delete every sandbox and snapshot of a namespace and/or a session label
         (None: any); the report of manager/reset.py."""
-        return await reset_scope(self._ctx, self.terminate, namespace, session)
+        report = await reset_scope(self._ctx, self.terminate, namespace, session)
+        if self.images is not None:  # the sandbox images built in that scope go too (manager/images.py)
+            try:
+                report["images"] = await self.images.reset(namespace, session)
+            except EmulatorError as exc:
+                report["images"] = []
+                report["errors"].append(f"images: {exc.message}")
+        return report
 
     async def keep_pools_once(self) -> None:
         """One pass of the pool reconciler (queued claims, warm targets): what its task does each second."""
