@@ -32,6 +32,7 @@ from emulator.errors import (
 )
 from emulator.manager import egress, reaper, reserve, suspension, warm, watch
 from emulator.manager.context import ManagerContext
+from emulator.manager.file_systems import FileSystems
 from emulator.manager.launch import launch
 from emulator.manager.pool_table import PoolTable
 from emulator.manager.pools import PoolManager
@@ -67,6 +68,8 @@ class SandboxManager:
         self._watch: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self.pools = PoolManager(self._ctx, self._check_resources)
+        self.file_systems = FileSystems(self._ctx, store)
+        self._ctx.file_systems = self.file_systems
 
     @property
     def settings(self) -> Settings:
@@ -175,6 +178,7 @@ class SandboxManager:
             raise BadRequest(f"timeout_secs must be >= 0; got {spec.timeout_secs}")
         self._check_resources(spec.cpus, spec.memory_mb)
         egress.check_host(spec.network_policy)
+        mounts = self.file_systems.check_mounts(spec.file_systems or [])
         await egress.resolve(spec.network_policy)  # an unresolvable host name is a 400 now, not a failed launch
         snap: SnapshotRecord | None = None
         base = SandboxOptions(disk_mb=self.settings.default_disk_mb)
@@ -198,6 +202,7 @@ class SandboxManager:
             image=image, **spec.resolve(base), auto_resume=True if spec.auto_resume is None else spec.auto_resume,
             max_pending_secs=spec.max_pending_secs, restored_from=spec.snapshot_id,
             session_label=spec.session_label, container_id=warm_entry.container_id if warm_entry else None,
+            file_systems=mounts,
         )
         await ctx.table.add(rec)
         if warm_entry is not None:
