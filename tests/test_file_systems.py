@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from tensorlake.filesystem import FilesystemAPIError, FilesystemClient
-from tensorlake.sandbox import AsyncSandbox, Sandbox, SandboxClient
+from tensorlake.sandbox import AsyncSandbox, CheckpointType, Sandbox, SandboxClient
 from tensorlake.sandbox.exceptions import SandboxError
 from tensorlake.sandbox.file_system import create_file_system, delete_file_system, list_file_systems
 from tensorlake.sandbox.models import FileSystemMount
@@ -251,3 +251,50 @@ def test_file_systems_and_their_data_survive_a_restart() -> None:
         fsc.delete(name)
     finally:
         second.stop()
+
+
+def test_suspend_and_resume_keep_the_mounts(emulator: EmulatorProcess, fs_name: str) -> None:
+    sb = Sandbox.create(name=f"fs-susp-{uuid.uuid4().hex[:6]}", request_timeout=T,
+                        file_systems=[FileSystemMount(file_system_id=fs_name, mount_path="/d"),
+                                      FileSystemMount(file_system_id=fs_name, mount_path="/r", read_only=True)])
+    try:
+        assert _sh(sb, "echo before > /d/x")[0] == 0
+        sb.suspend()
+        sb.resume()
+        assert _sh(sb, "cat /d/x && echo after > /d/y && cat /r/y") == (0, "before\nafter")
+        code, out = _sh(sb, "touch /r/z")
+        assert code != 0 and "Read-only file system" in out
+        assert [m.mount_path for m in sb.list_file_systems()] == ["/d", "/r"]
+    finally:
+        sb.terminate()
+
+
+async def test_checkpoint_restores_the_mounts_but_not_their_data(emulator: EmulatorProcess, fs_name: str) -> None:
+    sb = await AsyncSandbox.create(file_systems=[FileSystemMount(file_system_id=fs_name, mount_path="/d")],
+                                   request_timeout=T)
+    copies: list[AsyncSandbox] = []
+    try:
+        assert (await sb.run("sh", ["-c", "echo one > /d/f && echo rootfs > /root/r"])).exit_code == 0
+        memory = await sb.checkpoint()
+        files = await sb.checkpoint(checkpoint_type=CheckpointType.FILESYSTEM)
+        # still mounted in the source after both dumps; a later write is what the copies see: the data
+        # lives in the file system, not in the snapshot
+        assert (await sb.run("sh", ["-c", "echo two > /d/f"])).exit_code == 0
+        for snap in (memory, files):
+            copy = await AsyncSandbox.create(snapshot_id=snap.snapshot_id, request_timeout=T)
+            copies.append(copy)
+            assert [m.mount_path for m in await copy.list_file_systems()] == ["/d"]
+            res = await copy.run("sh", ["-c", "cat /d/f /root/r"])
+            assert res.stdout.split() == ["two", "rootfs"]
+        # a copy restored with `file_systems: []` (the SDK omits an empty list) has the empty mount point only
+        code, body = _http("POST", f"{emulator.api_url}/v1/namespaces/default/sandboxes",
+                           {"snapshot_id": files.snapshot_id, "file_systems": []})
+        assert code == 200, body
+        bare = await AsyncSandbox.connect(body["sandbox_id"], request_timeout=T)
+        copies.append(bare)
+        assert await bare.list_file_systems() == []
+        assert (await bare.run("ls", ["-A", "/d"])).stdout.strip() == ""
+    finally:
+        for c in copies:
+            await c.terminate()
+        await sb.terminate()

@@ -77,7 +77,8 @@ class CreateSandboxRequest(_Request):
             network_policy=self.network.model_dump() if self.network else None, name=self.name,
             auto_resume=self.auto_resume, exposed_ports=self.exposed_ports,
             allow_unauthenticated_access=self.allow_unauthenticated_access,
-            file_systems=[m.model_dump(exclude_none=True) for m in self.file_systems] if self.file_systems else None,
+            file_systems=None if self.file_systems is None else [
+                m.model_dump(exclude_none=True) for m in self.file_systems],
             max_pending_secs=self.max_pending_secs, snapshot_id=self.snapshot_id, session_label=session_label,
         )
 

@@ -141,18 +141,32 @@ class FileSystems:
         await self._inject(rec, "attach", str(self.folder(m["file_system_id"])), m["mount_path"],
                            "1" if m.get("read_only") else "0", m.get("owner") or "")
 
-    async def mount_all(self, rec: SandboxRecord) -> None:
-        """The sandbox's recorded mounts, after its container (re)started. A file system deleted in the
-        meantime is dropped from the record with a warning."""
+    async def mount_all(self, rec: SandboxRecord, replace: bool = False) -> None:
+        """The sandbox's recorded mounts, after its container (re)started or a dump (`replace`: first
+        remove what may still be mounted there, so nothing is mounted twice). A file system deleted in
+        the meantime is dropped from the record with a warning."""
         kept = []
         for m in rec.file_systems:
             if m["file_system_id"] not in self._by_name:
                 log.warning("sandbox %s: file system %s is gone; mount %s dropped", rec.id, m["file_system_id"],
                             m["mount_path"])
                 continue
+            if replace:
+                await self._unmount_quietly(rec, m["mount_path"])
             await self.mount(rec, m)
             kept.append(m)
         rec.file_systems = kept
+
+    async def _unmount_quietly(self, rec: SandboxRecord, path: str) -> None:
+        try:
+            await self._inject(rec, "detach", path)
+        except BadRequest:
+            pass  # nothing mounted there
+
+    async def unmount_all(self, rec: SandboxRecord) -> None:
+        """Take the sandbox's mounts out of its container (before a CRIU dump); the record keeps them."""
+        for m in rec.file_systems:
+            await self._unmount_quietly(rec, m["mount_path"])
 
     async def attach(self, rec: SandboxRecord, raw: dict[str, Any]) -> SandboxRecord:
         """Mount one more file system into a running sandbox. Raises BadRequest (mount rules, duplicate

@@ -187,6 +187,8 @@ class SandboxManager:
             snap = ctx.checkpoints.get_snapshot(namespace, spec.snapshot_id)
             ctx.checkpoints.check_restorable(snap, spec.cpus, spec.memory_mb)
             base, image = snap, snap.base_image
+            if spec.file_systems is None:
+                mounts = list(snap.file_systems)  # inherited; launch drops one whose file system is gone
         assert ctx.engine is not None
         if self.settings.runtime not in ctx.engine.runtimes:
             raise RuntimeMissing(f"Container runtime '{self.settings.runtime}' is not installed in the Docker "
