@@ -154,7 +154,7 @@ def test_server_checks_what_the_sdk_checks(emulator: EmulatorProcess, fs_name: s
         ([{"file_system_id": fs_name, "mount_path": "/m", "owner": "a:b:c"}], 400, "owner must be"),
         ([{"file_system_id": fs_name, "mount_path": "relative"}], 400, "absolute"),
         ([{"file_system_id": fs_name, "mount_path": "/proc/x"}], 400, "reserved"),
-        ([{"file_system_id": "nope-" + fs_name, "mount_path": "/m"}], 404, "not found"),
+        ([{"file_system_id": "nope-" + fs_name, "mount_path": "/m"}], 400, "not found"),
     ]
     for mounts, status, text in bad:
         code, body = _http("POST", url, {"resources": {"cpus": 1.0, "memory_mb": 256}, "file_systems": mounts})
@@ -168,7 +168,7 @@ def test_server_checks_what_the_sdk_checks(emulator: EmulatorProcess, fs_name: s
             sb.attach_file_system(fs_name, "/m")
         with pytest.raises(SandboxError, match="no file system is mounted"):
             sb.detach_file_system("/elsewhere")
-        with pytest.raises(SandboxError, match="not found"):
+        with pytest.raises(SandboxError, match=f"file system 'nope-{fs_name}' not found"):
             sb.attach_file_system("nope-" + fs_name, "/n")
         sb.attach_file_system(fs_name, "/owned", owner="1234:4321")
         assert _sh(sb, "stat -c %u:%g /owned") == (0, "1234:4321")

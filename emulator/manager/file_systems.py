@@ -113,13 +113,16 @@ class FileSystems:
 
     def check_mounts(self, raw: list[dict[str, Any]],
                      existing: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        """Normalised mounts whose file systems exist. Raises BadRequest, FileSystemNotFound, NotSupported."""
+        """Normalised mounts whose file systems exist. Raises BadRequest (also for an unknown file system:
+        the SDK reads a 404 on attach as "sandbox not found", which would hide the cause), NotSupported."""
         if raw and self._ctx.settings.runtime == "runsc":
             raise NotSupported("file system mounts need the runc runtime (gVisor keeps mounts inside its "
                                "sandbox kernel)")
         mounts = fsm.normalise_mounts(raw, existing or [])
         for m in mounts:
-            self.get(m["file_system_id"])
+            if m["file_system_id"] not in self._by_name:
+                raise BadRequest(f"file system {m['file_system_id']!r} not found (create it first with "
+                                 "create_file_system)")
         return mounts
 
     async def _inject(self, rec: SandboxRecord, *args: str) -> None:
@@ -136,10 +139,17 @@ class FileSystems:
         if proc.returncode != 0:
             raise EmulatorError(f"mount in sandbox {rec.id} failed: {err.decode(errors='replace').strip()}")
 
-    async def mount(self, rec: SandboxRecord, m: dict[str, Any]) -> None:
-        """Put one (checked) mount into the sandbox's running container."""
-        await self._inject(rec, "attach", str(self.folder(m["file_system_id"])), m["mount_path"],
-                           "1" if m.get("read_only") else "0", m.get("owner") or "")
+    async def mount(self, rec: SandboxRecord, m: dict[str, Any], record: bool = False) -> None:
+        """Put one (checked) mount into the sandbox's running container; `record`: also add it to the
+        sandbox's mounts. Under the registry lock, so a delete never removes a file system being
+        mounted (it sees the mount on record afterwards and refuses). Raises BadRequest (gone meanwhile)."""
+        async with self._lock:
+            if m["file_system_id"] not in self._by_name:
+                raise BadRequest(f"file system {m['file_system_id']!r} not found")
+            await self._inject(rec, "attach", str(self.folder(m["file_system_id"])), m["mount_path"],
+                               "1" if m.get("read_only") else "0", m.get("owner") or "")
+            if record:
+                rec.file_systems = [*rec.file_systems, m]
 
     async def mount_all(self, rec: SandboxRecord, replace: bool = False) -> None:
         """The sandbox's recorded mounts, after its container (re)started or a dump (`replace`: first
@@ -174,8 +184,7 @@ class FileSystems:
         async with self._ctx.table.lock(rec.id):
             _require_running(rec)
             (m,) = self.check_mounts([raw], rec.file_systems)
-            await self.mount(rec, m)
-            rec.file_systems = [*rec.file_systems, m]
+            await self.mount(rec, m, record=True)
             await self._ctx.table.save(rec)
         return rec
 
