@@ -8,6 +8,8 @@ survival."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -23,6 +25,7 @@ from tensorlake.sandbox.exceptions import SandboxError
 from tensorlake.sandbox.file_system import create_file_system, delete_file_system, list_file_systems
 from tensorlake.sandbox.models import FileSystemMount
 
+from emulator.manager.file_systems import INJECT_SCRIPT as INJECT
 from sdk_shim.launcher import EmulatorProcess, free_port
 
 T = 60.0
@@ -231,6 +234,11 @@ def test_file_systems_and_their_data_survive_a_restart() -> None:
         sb_id = sb.sandbox_id
     finally:
         first.stop()
+    # As a crash between a dump's unmount and its remount would leave it: mounted on record, not in the
+    # container. Start-up puts it back.
+    pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", f"tle-{sb_id}"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    subprocess.run([sys.executable, "-I", str(INJECT), "detach", pid, "/d"], check=True)
     second = EmulatorProcess(data_dir=data_dir, api_port=api_port, proxy_port=proxy_port).start()
     try:
         fsc = FilesystemClient(api_url=second.api_url)

@@ -32,7 +32,7 @@ from emulator.model.states import SandboxStatus
 from emulator.store.sqlite import Store
 
 log = logging.getLogger("emulator.file_systems")
-_INJECT = Path(__file__).resolve().parent.parent / "backend" / "mount_inject.py"
+INJECT_SCRIPT = Path(__file__).resolve().parent.parent / "backend" / "mount_inject.py"
 # The emulator serves one Artifact Storage project: the JWT `iss` of its credential (docs/protocol.md §6.9).
 PROJECT = "default"
 
@@ -131,7 +131,7 @@ class FileSystems:
         if pid is None:
             raise EmulatorError(f"sandbox {rec.id} has no running container to mount into")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", str(_INJECT), args[0], str(pid), *args[1:],
+            sys.executable, "-I", str(INJECT_SCRIPT), args[0], str(pid), *args[1:],
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         _, err = await proc.communicate()
         if proc.returncode == 2:
@@ -173,6 +173,23 @@ class FileSystems:
         except BadRequest:
             pass  # nothing mounted there
 
+    async def restore_running(self) -> None:
+        """At start-up: put back the mounts a running sandbox has on record but not in its container (a
+        crash between a dump's unmount and its remount). What is mounted is left alone."""
+        for rec in list(self._ctx.table):
+            if rec.status != SandboxStatus.running or not rec.file_systems or not rec.container_id:
+                continue
+            pid = await self._ctx.backend.init_pid(rec.container_id)
+            if pid is None:
+                continue
+            mounted = await asyncio.to_thread(_mount_points, pid)
+            for m in rec.file_systems:
+                if m["mount_path"] not in mounted:
+                    try:
+                        await self.mount(rec, m)
+                    except EmulatorError as exc:
+                        log.warning("sandbox %s: mount %s not restored: %s", rec.id, m["mount_path"], exc.message)
+
     async def unmount_all(self, rec: SandboxRecord) -> None:
         """Take the sandbox's mounts out of its container (before a CRIU dump); the record keeps them."""
         for m in rec.file_systems:
@@ -200,3 +217,12 @@ class FileSystems:
             rec.file_systems = [m for m in rec.file_systems if m["mount_path"] != path]
             await self._ctx.table.save(rec)
         return rec
+
+
+def _mount_points(pid: int) -> set[str]:
+    """The mount points of a process's mount namespace, as paths inside it (/proc/<pid>/mountinfo field 5)."""
+    try:
+        with open(f"/proc/{pid}/mountinfo") as f:
+            return {line.split()[4].replace("\\040", " ") for line in f if len(line.split()) > 4}
+    except OSError:
+        return set()

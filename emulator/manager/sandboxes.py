@@ -92,6 +92,7 @@ class SandboxManager:
         ctx.pools.load(await asyncio.to_thread(ctx.pools.store.load_pools))
         await reconcile(ctx)
         await egress.reapply_running(ctx)
+        await self.file_systems.restore_running()
         await reserve.ensure_reserve(ctx)
         if reap:
             self._reaper = asyncio.create_task(reaper.reap_forever(ctx, self._clock), name="timeout-reaper")
