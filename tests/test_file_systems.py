@@ -273,6 +273,14 @@ def test_suspend_and_resume_keep_the_mounts(emulator: EmulatorProcess, fs_name: 
         code, out = _sh(sb, "touch /r/z")
         assert code != 0 and "Read-only file system" in out
         assert [m.mount_path for m in sb.list_file_systems()] == ["/d", "/r"]
+        # a copy (a transient snapshot restored) gets the mounts too
+        (entry,) = sb.copy(times=1).value.sandboxes
+        twin = Sandbox.connect(entry.sandbox_id, request_timeout=T)
+        try:
+            assert [m.mount_path for m in twin.list_file_systems()] == ["/d", "/r"]
+            assert _sh(twin, "cat /d/y") == (0, "after")
+        finally:
+            twin.terminate()
     finally:
         sb.terminate()
 
