@@ -11,7 +11,8 @@ image, and the sandbox itself (no CAP_SYS_ADMIN) can neither make nor undo such 
 file as a script; it imports nothing of the emulator. Linux 5.12+ (mount_setattr); root.
 Run as: `python3 -I mount_inject.py attach PID SRC TARGET RO OWNER` or `... detach PID TARGET`.
 Exit 0 on success; otherwise the reason on stderr and exit 2 (a bad request: path in use, not a
-folder, not mounted, unknown owner) or 1 (anything else).
+folder, not mounted, unknown owner), 3 (the kernel or the emulator's privileges do not allow it) or 1
+(anything else).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def main(argv: list[str]) -> int:
         return 2
     except OSError as exc:
         print(exc.strerror or str(exc), file=sys.stderr)
-        return 1
+        return 3 if exc.errno in (errno.ENOSYS, errno.EPERM) else 1
     return 0
 
 

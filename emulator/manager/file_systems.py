@@ -136,6 +136,9 @@ class FileSystems:
         _, err = await proc.communicate()
         if proc.returncode == 2:
             raise BadRequest(err.decode(errors="replace").strip())
+        if proc.returncode == 3:
+            raise NotSupported("file system mounts need Linux 5.12+ (open_tree, move_mount, mount_setattr) and an "
+                               f"emulator running as root: {err.decode(errors='replace').strip()}")
         if proc.returncode != 0:
             raise EmulatorError(f"mount in sandbox {rec.id} failed: {err.decode(errors='replace').strip()}")
 
