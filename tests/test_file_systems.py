@@ -134,8 +134,9 @@ def test_mounts_at_create_read_only_shared_and_outliving(emulator: EmulatorProce
 
 
 async def test_attach_detach_async(emulator: EmulatorProcess, fs_name: str) -> None:
+    # an entrypoint keeps the create off the warm reserve: the mount goes in during a cold launch
     sb = await AsyncSandbox.create(file_systems=[FileSystemMount(file_system_id=fs_name, mount_path="/mnt/a")],
-                                   request_timeout=T)
+                                   entrypoint=["sleep", "300"], request_timeout=T)
     try:
         await sb.attach_file_system(fs_name, "/mnt/b", read_only=True)
         mounts = await sb.list_file_systems()

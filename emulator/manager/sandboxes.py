@@ -209,6 +209,8 @@ class SandboxManager:
         )
         await ctx.table.add(rec)
         if warm_entry is not None:
+            if mounts:
+                await self._mount_into_warm(rec)
             ctx.set_deadline(rec)
             await ctx.table.move(rec, S.running)
             metrics.count("create", "success", time.monotonic() - t0)
@@ -217,6 +219,15 @@ class SandboxManager:
             ctx.tasks.spawn("launch", rec.id, metrics.timed("restore" if snap else "create", launch(ctx, rec, snap),
                                                             ok=lambda: rec.status == S.running))
         return rec
+
+    async def _mount_into_warm(self, rec: SandboxRecord) -> None:
+        """The create's file systems into the reserve container it took, before it is reported running
+        (about 0.2 s, against 1.5 s and more for a cold start). A failure ends the sandbox and is raised."""
+        try:
+            await self.file_systems.mount_all(rec)
+        except EmulatorError as exc:
+            await self._ctx.terminate(rec, exc.code, f"Failure({exc.code})", error_details=exc.message)
+            raise
 
     async def wait_started(self, rec: SandboxRecord, timeout: float) -> None:
         """Wait up to `timeout` seconds for a launch to end (running or terminated)."""
