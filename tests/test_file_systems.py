@@ -8,6 +8,7 @@ survival."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -260,6 +261,7 @@ def test_file_systems_and_their_data_survive_a_restart() -> None:
         fsc.delete(name)
     finally:
         second.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_suspend_and_resume_keep_the_mounts(emulator: EmulatorProcess, fs_name: str) -> None:
