@@ -126,3 +126,19 @@ class RequestTimeout(EmulatorError):
 class PayloadTooLarge(EmulatorError):
     status = 413
     code = "PAYLOAD_TOO_LARGE"
+
+
+class FileSystemNotFound(NotFound):
+    code = "FILE_SYSTEM_NOT_FOUND"
+
+
+class FileSystemInUse(EmulatorError):
+    """Deleting a file system still mounted in a live sandbox (the emulator refuses; data stays)."""
+
+    status = 409
+    code = "FILE_SYSTEM_IN_USE"
+
+
+class FileSystemExists(EmulatorError):
+    status = 409
+    code = "FILE_SYSTEM_EXISTS"

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from emulator.api import control, errors
+from emulator.api.artifact_storage import router as artifact_router
 from emulator.api.image_templates import router as template_router
 from emulator.api.images import router as image_router
 from emulator.api.lifecycle import router
@@ -47,6 +48,7 @@ def build_api(settings: Settings, manager: SandboxManager, request_log: RequestL
         app.include_router(image_router)
         app.include_router(template_router)
     app.include_router(control.metrics_router)
+    app.include_router(artifact_router)
     for r in (router, pool_router):
         app.include_router(r, prefix="/v1/namespaces/{namespace}")
         app.include_router(r)

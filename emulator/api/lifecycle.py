@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from emulator.api import validation, wire
-from emulator.errors import BadRequest, NotSupported
+from emulator.errors import BadRequest
 from emulator.manager.sandboxes import SandboxManager
 
 router = APIRouter()
@@ -93,8 +93,6 @@ async def create_sandbox(request: Request) -> Response:
     ns = _ns(request)
     req = await _parse(request, wire.CreateSandboxRequest)
     session = validation.session_label(request.headers.get("x-tle-session"))
-    if req.file_systems:
-        raise NotSupported("Tensorlake Artifact Storage file systems have no local equivalent in this emulator")
     budget = create_budget(request, req.wait)  # a bad header is a 400 before anything is made
     rec = await _mgr(request).create(ns, req.to_spec(session or request.app.state.settings.session_label or None))
     if budget is None and req.wait is not False:
@@ -257,7 +255,17 @@ async def list_archived(request: Request) -> JSONResponse:
     return JSONResponse({"sandboxes": [], "prev_cursor": None, "next_cursor": None})
 
 
-@router.api_route("/sandboxes/{ident}/file_systems", methods=["POST", "DELETE"])
-async def file_systems(request: Request, ident: str) -> JSONResponse:
-    _mgr(request).lookup(_ns(request), ident)
-    raise NotSupported("Tensorlake Artifact Storage file systems have no local equivalent in this emulator")
+@router.post("/sandboxes/{ident}/file_systems")
+async def attach_file_system(request: Request, ident: str) -> JSONResponse:
+    """Mount a file system into a running sandbox (docs/protocol.md §6.7): FileSystemMount -> SandboxInfo."""
+    rec = _mgr(request).lookup(_ns(request), ident)
+    req = await _parse(request, wire.FileSystemMount)
+    return _info(request, await _mgr(request).file_systems.attach(rec, req.model_dump(exclude_none=True)))
+
+
+@router.delete("/sandboxes/{ident}/file_systems")
+async def detach_file_system(request: Request, ident: str) -> JSONResponse:
+    """Unmount by `{"mount_path"}` (a JSON body on DELETE); the data stays -> SandboxInfo."""
+    rec = _mgr(request).lookup(_ns(request), ident)
+    req = await _parse(request, wire.DetachFileSystem)
+    return _info(request, await _mgr(request).file_systems.detach(rec, req.mount_path))

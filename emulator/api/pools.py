@@ -6,13 +6,14 @@ delete PoolInUseError for the SDK; a claim answers like a create (lifecycle.answ
 
 from __future__ import annotations
 
+import json
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from emulator.api import validation
-from emulator.api.lifecycle import _json, _mgr, _ns, _parse, answer_create, create_budget
+from emulator.api.lifecycle import LEGACY_WAIT_S, _json, _mgr, _ns, _parse, answer_create, create_budget
 from emulator.api.pool_wire import ClaimRequest, CreatePoolResponse, PoolRequest, pool_info
-from emulator.errors import NotSupported
 
 router = APIRouter()
 
@@ -63,9 +64,22 @@ async def claim(request: Request, pool_id: str) -> JSONResponse:
     pool = pools.lookup(_ns(request), pool_id)
     req = await _parse(request, ClaimRequest)
     session = _session(request)
-    if req.file_systems:
-        # Mounts would need `claim_configuration_applied: true`; without file systems there is nothing to apply.
-        raise NotSupported("Tensorlake Artifact Storage file systems have no local equivalent in this emulator")
+    fs = _mgr(request).file_systems
+    mounts = fs.check_mounts([m.model_dump(exclude_none=True) for m in req.file_systems or []])
     budget = create_budget(request, None)
     rec = await pools.claim(pool, session)
-    return await answer_create(request, rec, None, budget)
+    if not mounts:
+        return await answer_create(request, rec, None, budget)
+    # The mounts go into the claimed (running) sandbox; the SDK requires the answer to say so with
+    # `claim_configuration_applied: true`, else it deletes the sandbox (docs/protocol.md §6.8).
+    try:
+        await _mgr(request).wait_started(rec, budget if budget is not None else LEGACY_WAIT_S)
+        for m in mounts:
+            await fs.attach(rec, m)
+    except Exception:
+        await _mgr(request).terminate(rec)  # a claim that could not apply its mounts leaves nothing behind
+        raise
+    answer = await answer_create(request, rec, None, budget)
+    body = json.loads(bytes(answer.body))
+    body["claim_configuration_applied"] = True
+    return JSONResponse(body, status_code=answer.status_code)

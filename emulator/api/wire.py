@@ -38,9 +38,18 @@ class NetworkPolicy(_Request):
     deny_out: v.NetworkRules = Field(default_factory=list)
 
 
-class FileSystemMount(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class FileSystemMount(_Request):
+    """The SDK's FileSystemMount (model/file_systems.py checks the values the SDK checks)."""
+
     file_system_id: v.Text
+    mount_path: v.Text
+    read_only: StrictBool | None = None
+    prefetch: StrictBool | None = None
+    snapshot_id: v.Text | None = None
+    owner: v.Text | None = None
+
+
+class DetachFileSystem(_Request):
     mount_path: v.Text
 
 
@@ -68,6 +77,8 @@ class CreateSandboxRequest(_Request):
             network_policy=self.network.model_dump() if self.network else None, name=self.name,
             auto_resume=self.auto_resume, exposed_ports=self.exposed_ports,
             allow_unauthenticated_access=self.allow_unauthenticated_access,
+            file_systems=None if self.file_systems is None else [
+                m.model_dump(exclude_none=True) for m in self.file_systems],
             max_pending_secs=self.max_pending_secs, snapshot_id=self.snapshot_id, session_label=session_label,
         )
 

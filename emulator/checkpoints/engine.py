@@ -255,7 +255,8 @@ class CheckpointEngine:
     async def new_snapshot(self, rec: SandboxRecord, kind: str, transient: bool = False) -> SnapshotRecord:
         snap = SnapshotRecord(transient=transient,
             id=new_snapshot_id(), namespace=rec.namespace, sandbox_id=rec.id, snapshot_type=kind,  # type: ignore[arg-type]
-            base_image=rec.image, session_label=rec.session_label, **rec.options(),
+            base_image=rec.image, session_label=rec.session_label, file_systems=list(rec.file_systems),
+            **rec.options(),
         )
         self._snapshots[snap.id] = snap
         await self.store.save_snapshot(snap)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from emulator.agent_client import AgentClients
 from emulator.backend.base import EngineInfo, RuntimeBackend
@@ -16,6 +17,9 @@ from emulator.manager.table import SandboxTable
 from emulator.manager.tasks import TaskSet
 from emulator.model.records import SandboxRecord, now_ms
 from emulator.model.states import SandboxStatus
+
+if TYPE_CHECKING:
+    from emulator.manager.file_systems import FileSystems
 
 log = logging.getLogger("emulator.manager")
 
@@ -34,6 +38,7 @@ class ManagerContext:
     # why the last suspend or resume of a sandbox failed, read once by the API
     transition_errors: dict[str, str] = field(default_factory=dict)
     reap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one deadline pass at a time
+    file_systems: FileSystems | None = None  # set by the manager once made (it needs this context)
 
     def set_deadline(self, rec: SandboxRecord) -> None:
         """A running sandbox's deadline: now + timeout_secs (ms), or none."""

@@ -56,6 +56,8 @@ async def launch(ctx: ManagerContext, rec: SandboxRecord, snap: SnapshotRecord |
                 return
             await egress.enforce(ctx, rec, fresh=True)  # before the sandbox is reported running
             egress.open_gate(ctx, rec)
+            if rec.file_systems and ctx.file_systems is not None:
+                await ctx.file_systems.mount_all(rec)  # before the entrypoint can look for them
             await ctx.table.save(rec)
             if not await ctx.agents.wait_healthy(ctx.run_dirs.endpoint(rec), ctx.settings.startup_timeout):
                 raise EmulatorError(f"the sandbox agent did not answer within {ctx.settings.startup_timeout}s "

@@ -49,7 +49,7 @@ async def ensure_reserve(ctx: ManagerContext) -> None:
 def _eligible(pool: PoolRecord, namespace: str, spec: SandboxSpec, image: str) -> bool:
     net = spec.network_policy
     return (namespace == pool.namespace and image == pool.image and spec.entrypoint is None
-            and spec.snapshot_id is None and spec.pool_id is None and not spec.file_systems
+            and spec.snapshot_id is None and spec.pool_id is None  # file systems: mounted into it (create)
             # only the default network: a warm container has no egress rules (launch() applies them)
             and (net is None or (net.get("allow_internet_access", True) is not False
                                  and not net.get("allow_out") and not net.get("deny_out")))

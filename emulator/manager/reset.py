@@ -3,8 +3,8 @@
 Live sandboxes are terminated concurrently (each after the container work in progress on it, as a
 DELETE would be), then the scope's snapshots are deleted (one at a time: each deletion prunes
 Docker's dangling images, which Docker refuses to run twice at once), then the sandbox records are
-forgotten, so a `list()` afterwards is empty. The emulator has no pools or file systems yet; their
-keys are in the report so callers need not change when they come.
+forgotten, so a `list()` afterwards is empty. File systems of the scope go last
+(a mounted one cannot be deleted, and the sandboxes that mounted it are gone by then).
 """
 
 from __future__ import annotations
@@ -52,5 +52,9 @@ async def reset(ctx: ManagerContext, terminate: Callable[[SandboxRecord], Awaita
             await ctx.table.forget(rec)
             ctx.transition_errors.pop(rec.id, None)
             deleted.append(rec.id)
+    file_systems: list[str] = []
+    if ctx.file_systems is not None:  # after the sandboxes: a mounted file system is not deleted
+        file_systems, fs_errors = await ctx.file_systems.delete_scope(namespace, session)
+        errors.extend(fs_errors)
     return {"sandboxes": deleted, "terminated": [r.id for r in live], "snapshots": snapshots,
-            "pools": [], "file_systems": [], "errors": errors, "seconds": round(time.monotonic() - t0, 3)}
+            "pools": [], "file_systems": file_systems, "errors": errors, "seconds": round(time.monotonic() - t0, 3)}

@@ -32,6 +32,7 @@ from emulator.errors import (
 )
 from emulator.manager import egress, reaper, reserve, suspension, warm, watch
 from emulator.manager.context import ManagerContext
+from emulator.manager.file_systems import FileSystems
 from emulator.manager.images import ImageService
 from emulator.manager.launch import launch
 from emulator.manager.pool_table import PoolTable
@@ -69,6 +70,8 @@ class SandboxManager:
         self._keeper: asyncio.Task[None] | None = None
         self.pools = PoolManager(self._ctx, self._check_resources)
         self.images: ImageService | None = None  # set by the server; a reset removes its images too
+        self.file_systems = FileSystems(self._ctx, store)
+        self._ctx.file_systems = self.file_systems
 
     @property
     def settings(self) -> Settings:
@@ -91,6 +94,7 @@ class SandboxManager:
         ctx.pools.load(await asyncio.to_thread(ctx.pools.store.load_pools))
         await reconcile(ctx)
         await egress.reapply_running(ctx)
+        await self.file_systems.restore_running()
         await reserve.ensure_reserve(ctx)
         if reap:
             self._reaper = asyncio.create_task(reaper.reap_forever(ctx, self._clock), name="timeout-reaper")
@@ -184,6 +188,7 @@ class SandboxManager:
             raise BadRequest(f"timeout_secs must be >= 0; got {spec.timeout_secs}")
         self._check_resources(spec.cpus, spec.memory_mb)
         egress.check_host(spec.network_policy)
+        mounts = self.file_systems.check_mounts(spec.file_systems or [])
         await egress.resolve(spec.network_policy)  # an unresolvable host name is a 400 now, not a failed launch
         snap: SnapshotRecord | None = None
         base = SandboxOptions(disk_mb=self.settings.default_disk_mb)
@@ -192,6 +197,8 @@ class SandboxManager:
             snap = ctx.checkpoints.get_snapshot(namespace, spec.snapshot_id)
             ctx.checkpoints.check_restorable(snap, spec.cpus, spec.memory_mb)
             base, image = snap, snap.base_image
+            if spec.file_systems is None:
+                mounts = list(snap.file_systems)  # inherited; launch drops one whose file system is gone
         assert ctx.engine is not None
         if self.settings.runtime not in ctx.engine.runtimes:
             raise RuntimeMissing(f"Container runtime '{self.settings.runtime}' is not installed in the Docker "
@@ -207,9 +214,12 @@ class SandboxManager:
             image=image, **spec.resolve(base), auto_resume=True if spec.auto_resume is None else spec.auto_resume,
             max_pending_secs=spec.max_pending_secs, restored_from=spec.snapshot_id,
             session_label=spec.session_label, container_id=warm_entry.container_id if warm_entry else None,
+            file_systems=mounts,
         )
         await ctx.table.add(rec)
         if warm_entry is not None:
+            if mounts:
+                await self._mount_into_warm(rec)
             ctx.set_deadline(rec)
             await ctx.table.move(rec, S.running)
             metrics.count("create", "success", time.monotonic() - t0)
@@ -218,6 +228,15 @@ class SandboxManager:
             ctx.tasks.spawn("launch", rec.id, metrics.timed("restore" if snap else "create", launch(ctx, rec, snap),
                                                             ok=lambda: rec.status == S.running))
         return rec
+
+    async def _mount_into_warm(self, rec: SandboxRecord) -> None:
+        """The create's file systems into the reserve container it took, before it is reported running
+        (about 0.2 s, against 1.5 s and more for a cold start). A failure ends the sandbox and is raised."""
+        try:
+            await self.file_systems.mount_all(rec)
+        except EmulatorError as exc:
+            await self._ctx.terminate(rec, exc.code, f"Failure({exc.code})", error_details=exc.message)
+            raise
 
     async def wait_started(self, rec: SandboxRecord, timeout: float) -> None:
         """Wait up to `timeout` seconds for a launch to end (running or terminated)."""

@@ -46,8 +46,10 @@ async def _do_suspend(ctx: ManagerContext, rec: SandboxRecord) -> None:
             # CRIU cannot dump a unix socket connected to the host: drop the proxy's pool first
             # (an open follow stream is cut here; following again after resume replays it all).
             await ctx.agents.close(rec.id)
+            await _unmount(ctx, rec)
             await ctx.checkpoints.suspend(rec)
         except EmulatorError as exc:
+            await _remount(ctx, rec)
             log.warning("suspend of %s failed: %s", rec.id, exc.message)
             ctx.transition_errors[rec.id] = f"suspend of {rec.id} failed, it keeps running: {exc.message}"
             await ctx.table.move(rec, S.running)
@@ -82,6 +84,7 @@ async def _do_resume(ctx: ManagerContext, rec: SandboxRecord) -> None:
             # The agent's listening socket is re-created by the restore; a stale entry is in the way.
             ctx.run_dirs.clear_socket(rec.id)
             await ctx.checkpoints.resume(rec)
+            await _remount(ctx, rec)  # the dump was taken without them (below)
             await egress.enforce(ctx, rec, fresh=True)  # the restore made a new, empty network namespace
             if not await ctx.agents.wait_healthy(ctx.run_dirs.endpoint(rec), 15):
                 raise EmulatorError("the agent did not answer after the restore")
@@ -119,7 +122,28 @@ async def _do_snapshot(ctx: ManagerContext, rec: SandboxRecord, snap: SnapshotRe
         try:
             if snap.snapshot_type == "memory":
                 await ctx.agents.close(rec.id)
-            await ctx.checkpoints.take_snapshot(rec, snap)
+                await _unmount(ctx, rec)
+            try:
+                await ctx.checkpoints.take_snapshot(rec, snap)
+            finally:
+                if snap.snapshot_type == "memory":
+                    await _remount(ctx, rec)
         finally:
             if rec.status == S.snapshotting:
                 await ctx.table.move(rec, S.running)
+
+
+# CRIU cannot dump a mount it does not know (the file systems are injected, not in the container's
+# config: "doesn't have a proper root mount"), so they come off for a memory dump and go back after it,
+# and after a resume or a restore. Their data is never part of a dump or a snapshot image.
+async def _unmount(ctx: ManagerContext, rec: SandboxRecord) -> None:
+    if rec.file_systems and ctx.file_systems is not None:
+        await ctx.file_systems.unmount_all(rec)
+
+
+async def _remount(ctx: ManagerContext, rec: SandboxRecord) -> None:
+    if rec.file_systems and ctx.file_systems is not None and rec.container_id:
+        try:
+            await ctx.file_systems.mount_all(rec, replace=True)
+        except EmulatorError as exc:  # the sandbox runs on; the mount is missing and the log says why
+            log.warning("sandbox %s: file systems not mounted again: %s", rec.id, exc.message)

@@ -113,5 +113,7 @@ class SnapshotRecord(SandboxOptions):
     image_ref: str | None = None
     checkpoint_dir: str | None = None
     session_label: str | None = None
+    # the sandbox's file-system mounts, which a restored copy gets again (their data is not in the snapshot)
+    file_systems: list[dict[str, Any]] = Field(default_factory=list)
     # made by `copy` for its restores only: deleted after them, and at start-up if a crash cut it off
     transient: bool = False

@@ -11,13 +11,15 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from emulator.model.file_systems import FileSystemRecord
 from emulator.model.images import ImageRecord
 from emulator.model.pools import PoolRecord
 from emulator.model.records import SandboxRecord, SnapshotRecord
 
 # 2: the pools table (added alone: the tables of version 1 are unchanged, so no data moves)
 # 3: the images table (sandbox images built by the emulator; added alone likewise)
-SCHEMA_VERSION = 3
+# 4: the file_systems table (added alone, as pools were)
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
     id TEXT PRIMARY KEY, namespace TEXT NOT NULL, name TEXT, status TEXT NOT NULL, body TEXT NOT NULL);
@@ -27,6 +29,8 @@ CREATE TABLE IF NOT EXISTS pools (
     id TEXT PRIMARY KEY, namespace TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (
     id TEXT PRIMARY KEY, namespace TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS file_systems (
+    name TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -113,3 +117,14 @@ class Store:
 
     async def delete_image(self, image_id: str) -> None:
         await asyncio.to_thread(self._exec, "DELETE FROM images WHERE id = ?", (image_id,))
+    def load_file_systems(self) -> list[FileSystemRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT body FROM file_systems").fetchall()
+        return [FileSystemRecord.model_validate_json(r[0]) for r in rows]
+
+    async def save_file_system(self, rec: FileSystemRecord) -> None:
+        await asyncio.to_thread(self._exec, "INSERT OR REPLACE INTO file_systems VALUES (?, ?)",
+                                (rec.name, rec.model_dump_json()))
+
+    async def delete_file_system(self, name: str) -> None:
+        await asyncio.to_thread(self._exec, "DELETE FROM file_systems WHERE name = ?", (name,))
