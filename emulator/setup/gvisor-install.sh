@@ -31,7 +31,7 @@ unavailable() { say "NOT AVAILABLE ($*); sandboxes run with runc"; exit 0; }
 [ "$(uname -m)" = x86_64 ] || unavailable "only x86_64 is set up here (found $(uname -m))"
 command -v docker >/dev/null || unavailable "no docker CLI"
 
-has_host_uds() { "$1" flags 2>&1 | grep -q -- '-host-uds'; }
+has_host_uds() { local out; out=$("$1" flags 2>&1); grep -q -- "-host-uds" <<<"$out"; }
 
 # ---- 1. the binary ----------------------------------------------------------------------------
 if [ -x "$BIN" ] && has_host_uds "$BIN"; then
