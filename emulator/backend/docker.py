@@ -91,7 +91,7 @@ class DockerBackend:
             "Labels": {**spec.labels, LABEL_SANDBOX: spec.sandbox_id, LABEL_INSTANCE: self._instance},
             "NetworkDisabled": not spec.network,
             "HostConfig": {
-                "Runtime": self._runtime,
+                "Runtime": spec.runtime,
                 "NanoCpus": int(spec.cpus * 1e9),
                 "Memory": spec.memory_mb * MiB,
                 "MemorySwap": spec.memory_mb * MiB,
@@ -115,7 +115,7 @@ class DockerBackend:
                 raise ImageNotFound(f"Image '{spec.image}' not found locally (no registry is reachable; "
                                     "build or load it into Docker first)") from exc
             if "runtime" in exc.message.lower():
-                raise RuntimeMissing(f"Container runtime '{self._runtime}' is not available: {exc.message}") from exc
+                raise RuntimeMissing(f"Container runtime '{spec.runtime}' is not available: {exc.message}") from exc
             raise EmulatorError(f"Docker refused to create the container: {exc.message}") from exc
         return container.id
 
