@@ -6,7 +6,7 @@
 #
 # runsc is a static Go binary, so Debian sid's package is taken with `apt-get download` through a
 # private apt configuration (the host's sources and libc stay as they are) and its one file installed
-# as $BIN. Idempotent; one line per step; exits 0 with "gvisor: NOT AVAILABLE (why)" when it cannot,
+# as $BIN (with $BIN.deb naming the package it came from). Idempotent; one line per step; exits 0 with "gvisor: NOT AVAILABLE (why)" when it cannot,
 # so the caller carries on with runc. Usage: gvisor-install.sh [IMAGE-for-the-probe]
 set -uo pipefail
 
@@ -14,7 +14,9 @@ BIN=${TLE_RUNSC_BIN:-/usr/local/sbin/runsc-tle}
 NAME=${TLE_RUNSC_NAME:-runsc}
 DAEMON_JSON=${TLE_DOCKER_DAEMON_JSON:-/etc/docker/daemon.json}
 MIRROR=${TLE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-SUITE=${TLE_RUNSC_SUITE:-sid}
+# trixie's build (Go 1.24): sid's rebuild of the same release with Go 1.26 panics at random in the
+# sentry ("running on goroutine N (task goroutine ... is 0)"; the container exits 2 with no output).
+SUITE=${TLE_RUNSC_SUITE:-trixie}
 PROBE_IMAGE=${1:-${TLE_DEFAULT_IMAGE:-tensorlake-emulator/sandbox:latest}}
 # --host-uds=create: a socket the agent binds on its bind-mounted run folder is a host socket (made by
 #   runsc's gofer), so the host connects to it exactly as under runc: one data path.
@@ -34,8 +36,8 @@ command -v docker >/dev/null || unavailable "no docker CLI"
 has_host_uds() { local out; out=$("$1" flags 2>&1); grep -q -- "-host-uds" <<<"$out"; }
 
 # ---- 1. the binary ----------------------------------------------------------------------------
-if [ -x "$BIN" ] && has_host_uds "$BIN"; then
-  say "$("$BIN" --version 2>/dev/null | head -n1) already at $BIN"
+if [ -x "$BIN" ] && has_host_uds "$BIN" && grep -q "^$SUITE " "$BIN.deb" 2>/dev/null; then
+  say "$("$BIN" --version 2>/dev/null | head -n1) ($(cat "$BIN.deb")) already at $BIN"
 else
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
@@ -45,14 +47,15 @@ else
   apt_opts=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
             -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o Dir::State::Status=/dev/null
             -o Acquire::Languages=none -o APT::Sandbox::User=root)
-  say "downloading runsc from Debian $SUITE (a static binary, about 7 MB)"
+  say "downloading runsc from Debian $SUITE (a static Go binary, about 7 MB)"
   apt-get "${apt_opts[@]}" update -q >"$tmp/apt.log" 2>&1 || unavailable "apt-get update of $SUITE failed: $(tail -n1 "$tmp/apt.log")"
   (cd "$tmp" && apt-get "${apt_opts[@]}" download runsc >>"$tmp/apt.log" 2>&1) \
     || unavailable "apt-get download runsc failed: $(tail -n1 "$tmp/apt.log")"
   dpkg-deb -x "$tmp"/runsc_*.deb "$tmp/x" || unavailable "could not unpack the runsc package"
   has_host_uds "$tmp/x/usr/bin/runsc" || unavailable "$SUITE's runsc has no --host-uds flag"
   install -D -m 755 "$tmp/x/usr/bin/runsc" "$BIN"
-  say "installed $("$BIN" --version | head -n1) at $BIN"
+  echo "$SUITE $(basename "$tmp"/runsc_*.deb)" >"$BIN.deb"
+  say "installed $("$BIN" --version | head -n1) from $(cat "$BIN.deb") at $BIN"
 fi
 
 # ---- 2. Docker's runtime entry ------------------------------------------------------------------
