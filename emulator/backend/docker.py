@@ -293,7 +293,8 @@ class DockerBackend:
             "Image": image, "Entrypoint": command, "Cmd": [],
             "Labels": {LABEL_INSTANCE: self._instance, LABEL_CANARY: "1"},
             "NetworkDisabled": True,
-            "HostConfig": {"Runtime": self._runtime, "NetworkMode": "none", "Memory": 64 * MiB,
+            # runc always: the canary proves CRIU, which only runc sandboxes use (docs/gvisor.md)
+            "HostConfig": {"Runtime": "runc", "NetworkMode": "none", "Memory": 64 * MiB,
                            "MemorySwap": 64 * MiB, "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"]},
         }
         try:

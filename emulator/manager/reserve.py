@@ -29,7 +29,7 @@ async def ensure_reserve(ctx: ManagerContext) -> None:
     pool = ctx.pools.get(RESERVE_ID)
     wanted = PoolRecord(id=RESERVE_ID, namespace="default", image=s.default_image, reserve=True,
                         warm_containers=s.warm_reserve, session_label=s.session_label or None,
-                        **SandboxOptions(disk_mb=s.default_disk_mb).options())
+                        **SandboxOptions(disk_mb=s.default_disk_mb, runtime=s.runtime).options())
     if pool is not None and (s.warm_reserve == 0 or pool.template() != wanted.template()
                              or pool.session_label != wanted.session_label):
         await ctx.pools.remove(pool)

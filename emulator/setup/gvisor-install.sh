@@ -24,7 +24,10 @@ PROBE_IMAGE=${1:-${TLE_DEFAULT_IMAGE:-tensorlake-emulator/sandbox:latest}}
 #   network enabled in root network namespace": its root-netns test misfires on new kernels); with
 #   host, the sandbox's sockets are host sockets in the container's own network namespace (the one
 #   Docker made), so --network=none, bridge networking and the iptables egress rules work as under runc.
-FLAGS=(--host-uds=create --network=host)
+# --overlay2=none: the sandbox's file writes go through the gofer to the container's own overlayfs
+#   layer, as under runc, so `docker commit` (filesystem snapshots) and `docker diff` see them (runsc's
+#   default keeps them in a sandbox-private file store that Docker cannot read).
+FLAGS=(--host-uds=create --network=host --overlay2=none)
 
 say() { printf 'gvisor: %s\n' "$*"; }
 unavailable() { say "NOT AVAILABLE ($*); sandboxes run with runc"; exit 0; }
