@@ -125,7 +125,12 @@ def test_update_rename_ports_and_live_resize(emulator: EmulatorProcess) -> None:
         assert info.exposed_ports == [8080]
         info = sb.update(cpus=2.0, memory_mb=512, timeout=30)
         assert info.resources.cpus == 2.0 and info.resources.memory_mb == 512
-        mem = sb.run("cat", ["/sys/fs/cgroup/memory/memory.limit_in_bytes"]).stdout.strip()
+        if GVISOR:  # resized through the host cgroup of the runsc sandbox process (backend/cgroup_resize.py)
+            mem = host_cgroup_value(sb.sandbox_id, "memory", "memory.limit_in_bytes")
+            quota = int(host_cgroup_value(sb.sandbox_id, "cpu", "cpu.cfs_quota_us"))
+            assert quota == 2 * int(host_cgroup_value(sb.sandbox_id, "cpu", "cpu.cfs_period_us"))
+        else:
+            mem = sb.run("cat", ["/sys/fs/cgroup/memory/memory.limit_in_bytes"]).stdout.strip()
         assert int(mem) == 512 * 1024 * 1024
 
 

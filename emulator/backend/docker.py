@@ -13,6 +13,7 @@ import aiohttp
 from aiodocker.exceptions import DockerError
 
 from emulator.agent_channel import AGENT_SOCKET_NAME
+from emulator.backend import cgroup_resize
 from emulator.backend.base import (
     AGENT_CODE_IN_SANDBOX,
     AGENT_DIR_IN_SANDBOX,
@@ -187,6 +188,14 @@ class DockerBackend:
 
     async def update_resources(self, container_id: str, cpus: float, memory_mb: int) -> None:
         body = {"NanoCpus": int(cpus * 1e9), "Memory": memory_mb * MiB, "MemorySwap": memory_mb * MiB}
+        data = await self._inspect(container_id)
+        if data and (data.get("HostConfig") or {}).get("Runtime") == "runsc":
+            # runsc has no `update`: the host cgroup of its sandbox process takes the new limits
+            pid = int((data.get("State") or {}).get("Pid") or 0)
+            if not pid:
+                raise EmulatorError("the sandbox is not running")
+            await asyncio.to_thread(cgroup_resize.resize, pid, cpus, memory_mb)
+            return
         try:
             await self.docker._query_json(f"containers/{container_id}/update", "POST", data=json.dumps(body))
         except DockerError as exc:

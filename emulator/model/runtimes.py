@@ -37,3 +37,24 @@ def image_runtime(image: str, default: str) -> tuple[str, str]:
     """The Docker image and the runtime a sandbox of `image` runs with (`default` when no suffix)."""
     name, runtime = split_image(image)
     return name, runtime or default
+
+
+def describe(installed: list[str], default: str, criu_ok: bool) -> dict[str, dict[str, object]]:
+    """`/emulator/capabilities` "runtimes": for each known runtime, whether Docker has it, whether it is
+    the default, how a create picks it, and what a sandbox of it supports here (docs/gvisor.md)."""
+    common = {"processes": True, "files": True, "pty": True, "tunnels": True, "networking": True,
+              "egress_rules": True, "cpu_memory_limits": True, "filesystem_snapshots": True}
+    out: dict[str, dict[str, object]] = {}
+    for name in KNOWN:
+        gvisor = name == RUNSC
+        out[name] = {
+            "installed": name in installed, "default": name == default,
+            "select": f"image suffix +{name}" + (" or +gvisor" if gvisor else "") + ", or TLE_RUNTIME",
+            "supports": {**common, "memory_snapshots": criu_ok and not gvisor, "suspend_resume": criu_ok and not gvisor,
+                         "oom_keeps_sandbox": not gvisor},
+        }
+        if gvisor:
+            out[name]["notes"] = ("gVisor with host networking in the container's own namespace (runsc's own "
+                                  "stack cannot start on this kernel); host runsc cannot checkpoint it; "
+                                  "an out-of-memory ends the whole sandbox")
+    return out
