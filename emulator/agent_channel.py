@@ -21,8 +21,12 @@ mount (`--host-uds=create`) is a host socket bound by that container's gofer (`r
 sibling of the sandbox process under the same shim, whose `--bundle` names the container). So for a
 container whose PID 1 is a runsc sandbox process, the listener must be exactly that gofer or that
 sandbox process: another container's runsc, a host process or a runc sandbox's process is refused.
-What gVisor cannot tell the host is which process inside the sandbox bound the socket: there the
-check proves "this sandbox", not "this sandbox's agent" (docs/security.md).
+What gVisor cannot tell the host is which process inside the sandbox bound the socket, so for gVisor
+sandboxes the socket inode is pinned as well: the first verified connection (the launch's health
+check, made before any process of the sandbox's user runs) records the socket file's inode, and later
+connections must reach that same inode. A process that removes the agent's socket and binds its own
+makes a new inode and is refused. The pin lives in memory: after an emulator restart the first
+connection pins again (docs/gvisor.md).
 
 A refused channel raises `httpcore.ConnectError`, so callers see it as an agent that is not
 answering (the proxy's 503 before anything was sent upstream).
@@ -128,24 +132,33 @@ class AgentPids:
         self._lookup = lookup
         self._pids: dict[str, int | None] = {}
         self._gvisor: dict[str, int] = {}
+        self._inodes: dict[str, tuple[int, int]] = {}  # gVisor sandboxes: the agent socket's (st_dev, st_ino)
 
-    async def is_agent(self, container_id: str | None, pid: int) -> bool:
+    async def is_agent(self, container_id: str | None, pid: int, inode: tuple[int, int] = (0, 0)) -> bool:
+        """Whether the listener `pid`, reached through the socket file `inode`, is the container's agent."""
         if container_id is None:
             return False
-        if pid in (self._pids.get(container_id), self._gvisor.get(container_id)):
+        if pid == self._pids.get(container_id):
             return True
+        if pid == self._gvisor.get(container_id):
+            return self._pin(container_id, inode)
         pid1 = self._pids[container_id] = await self._lookup(container_id)
         self._gvisor.pop(container_id, None)
         if pid1 == pid:
             return True
         if pid1 is not None and is_gvisor_listener(pid, pid1, container_id):
             self._gvisor[container_id] = pid
-            return True
+            return self._pin(container_id, inode)
         return False
+
+    def _pin(self, container_id: str, inode: tuple[int, int]) -> bool:
+        """The first gVisor connection pins the socket inode; later ones must match it."""
+        return self._inodes.setdefault(container_id, inode) == inode
 
     def forget(self, container_id: str | None) -> None:
         self._pids.pop(container_id or "", None)
         self._gvisor.pop(container_id or "", None)
+        self._inodes.pop(container_id or "", None)
 
 
 class VerifiedAgentBackend(httpcore.AsyncNetworkBackend):
@@ -167,11 +180,12 @@ class VerifiedAgentBackend(httpcore.AsyncNetworkBackend):
         except OSError as exc:
             raise httpcore.ConnectError(f"agent socket not there: {exc}") from exc
         try:
+            st = os.fstat(fd)
             stream = await self._inner.connect_unix_socket(f"/proc/self/fd/{fd}", timeout, socket_options)
         finally:
             os.close(fd)
         pid = peer_pid(stream.get_extra_info("socket"))
-        if not await self._pids.is_agent(self._endpoint.container_id, pid):
+        if not await self._pids.is_agent(self._endpoint.container_id, pid, (st.st_dev, st.st_ino)):
             await stream.aclose()
             log.warning("sandbox %s: the socket's listener (pid %d) is not the sandbox's agent; refused",
                         self._endpoint.sandbox_id, pid)

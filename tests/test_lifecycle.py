@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 import urllib.error
 import urllib.request
-import time
 import uuid
 
 import pytest
