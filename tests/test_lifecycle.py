@@ -293,3 +293,26 @@ def test_legacy_create_answers_running_with_its_sandbox_url(emulator: EmulatorPr
         assert status == 200 and body["status"] == "running" and body["sandbox_url"], body
     finally:
         _http("DELETE", f"{emulator.api_url}/v1/namespaces/default/sandboxes/{body['sandbox_id']}")
+
+
+def _docker_has_runsc() -> bool:
+    out = subprocess.run(["docker", "info", "--format", "{{range $k, $v := .Runtimes}}{{$k}} {{end}}"],
+                         capture_output=True, text=True, timeout=30).stdout.split()
+    return "runsc" in out
+
+
+@pytest.mark.skipif(not _docker_has_runsc(), reason="Docker has no runsc runtime (emulator/setup/gvisor-install.sh)")
+def test_runtime_per_sandbox_by_image_suffix(emulator: EmulatorProcess) -> None:
+    """docs/gvisor.md: `+runsc` / `+runc` on the image picks the runtime of one sandbox, whatever the default."""
+    image = "tensorlake-emulator/sandbox:latest"
+    for runtime, kernel in (("runsc", "4.4.0"), ("runc", None)):
+        with Sandbox.create(image=f"{image}+{runtime}", request_timeout=T) as sb:
+            info = sb.info()
+            assert info.runtime == runtime and info.image == image
+            version = sb.run("cat", ["/proc/version"]).stdout
+            # gVisor reports its own kernel version; runc shows the host's
+            assert (kernel in version) if kernel else ("4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016" not in version)
+            assert sb.run("echo", ["ok"]).stdout.strip() == "ok"
+    with pytest.raises(RemoteAPIError) as err:
+        Sandbox.create(image=f"{image}+kata", request_timeout=T)
+    assert "400" in str(err.value) and "+runsc" in str(err.value)
