@@ -14,6 +14,20 @@ by path. It:
    gives the agent a new host pid). A socket that another process of the sandbox binds there is not
    the agent and is refused.
 
+Under gVisor (runsc, docs/gvisor.md) the same path and the same steps hold, with one difference in
+step 3: the sandbox's processes are not host processes. Docker's PID 1 of the container is runsc's
+sandbox process (`runsc-sandbox ... <container id>`), and a unix socket the agent binds on the bind
+mount (`--host-uds=create`) is a host socket bound by that container's gofer (`runsc-gofer`, a
+sibling of the sandbox process under the same shim, whose `--bundle` names the container). So for a
+container whose PID 1 is a runsc sandbox process, the listener must be exactly that gofer or that
+sandbox process: another container's runsc, a host process or a runc sandbox's process is refused.
+What gVisor cannot tell the host is which process inside the sandbox bound the socket, so for gVisor
+sandboxes the socket inode is pinned as well: the first verified connection (the launch's health
+check, made before any process of the sandbox's user runs) records the socket file's inode, and later
+connections must reach that same inode. A process that removes the agent's socket and binds its own
+makes a new inode and is refused. The pin lives in memory: after an emulator restart the first
+connection pins again (docs/gvisor.md).
+
 A refused channel raises `httpcore.ConnectError`, so callers see it as an agent that is not
 answering (the proxy's 503 before anything was sent upstream).
 """
@@ -78,23 +92,73 @@ def peer_pid(sock: socket.socket) -> int:
     return int(pid)
 
 
+def _argv(pid: int) -> list[str]:
+    """A host process's command line ([] when it is gone or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # the fields after the command name, which is in parentheses and may hold spaces
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def is_gvisor_listener(peer: int, pid1: int, container_id: str) -> bool:
+    """True when `pid1` (Docker's State.Pid) is the runsc sandbox process of `container_id` and `peer`
+    is it or its gofer: the runsc processes that bind a gVisor sandbox's host unix sockets. Never true
+    for a runc container (its PID 1 is the sandbox's own first process, not `runsc-sandbox`)."""
+    sandbox = _argv(pid1)
+    if not sandbox or os.path.basename(sandbox[0]) != "runsc-sandbox" or sandbox[-1] != container_id:
+        return False
+    if peer == pid1:
+        return True
+    gofer = _argv(peer)
+    return (bool(gofer) and os.path.basename(gofer[0]) == "runsc-gofer" and _ppid(peer) == _ppid(pid1)
+            and any(a.startswith("--bundle=") and a.rstrip("/").endswith("/" + container_id) for a in gofer))
+
+
 class AgentPids:
-    """Cache of container id -> the host pid of its PID 1, refreshed on a mismatch."""
+    """Cache of container id -> the host pid of its PID 1, refreshed on a mismatch; and of the gVisor
+    listener pid accepted for it (`is_gvisor_listener`)."""
 
     def __init__(self, lookup: PidLookup) -> None:
         self._lookup = lookup
         self._pids: dict[str, int | None] = {}
+        self._gvisor: dict[str, int] = {}
+        self._inodes: dict[str, tuple[int, int]] = {}  # gVisor sandboxes: the agent socket's (st_dev, st_ino)
 
-    async def is_agent(self, container_id: str | None, pid: int) -> bool:
+    async def is_agent(self, container_id: str | None, pid: int, inode: tuple[int, int] = (0, 0)) -> bool:
+        """Whether the listener `pid`, reached through the socket file `inode`, is the container's agent."""
         if container_id is None:
             return False
-        if self._pids.get(container_id) == pid:
+        if pid == self._pids.get(container_id):
             return True
-        self._pids[container_id] = await self._lookup(container_id)
-        return self._pids[container_id] == pid
+        if pid == self._gvisor.get(container_id):
+            return self._pin(container_id, inode)
+        pid1 = self._pids[container_id] = await self._lookup(container_id)
+        self._gvisor.pop(container_id, None)
+        if pid1 == pid:
+            return True
+        if pid1 is not None and is_gvisor_listener(pid, pid1, container_id):
+            self._gvisor[container_id] = pid
+            return self._pin(container_id, inode)
+        return False
+
+    def _pin(self, container_id: str, inode: tuple[int, int]) -> bool:
+        """The first gVisor connection pins the socket inode; later ones must match it."""
+        return self._inodes.setdefault(container_id, inode) == inode
 
     def forget(self, container_id: str | None) -> None:
         self._pids.pop(container_id or "", None)
+        self._gvisor.pop(container_id or "", None)
+        self._inodes.pop(container_id or "", None)
 
 
 class VerifiedAgentBackend(httpcore.AsyncNetworkBackend):
@@ -116,11 +180,12 @@ class VerifiedAgentBackend(httpcore.AsyncNetworkBackend):
         except OSError as exc:
             raise httpcore.ConnectError(f"agent socket not there: {exc}") from exc
         try:
+            st = os.fstat(fd)
             stream = await self._inner.connect_unix_socket(f"/proc/self/fd/{fd}", timeout, socket_options)
         finally:
             os.close(fd)
         pid = peer_pid(stream.get_extra_info("socket"))
-        if not await self._pids.is_agent(self._endpoint.container_id, pid):
+        if not await self._pids.is_agent(self._endpoint.container_id, pid, (st.st_dev, st.st_ino)):
             await stream.aclose()
             log.warning("sandbox %s: the socket's listener (pid %d) is not the sandbox's agent; refused",
                         self._endpoint.sandbox_id, pid)

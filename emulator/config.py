@@ -48,7 +48,8 @@ class Settings(BaseModel):
                           "folder for the state database, agent sockets and snapshots")
     default_image: str = _env("TLE_DEFAULT_IMAGE", "tensorlake-emulator/sandbox:latest",
                               "image used when none is given")
-    runtime: str = _env("TLE_RUNTIME", "runc", "OCI runtime for sandboxes: runc or runsc (gVisor)", min_length=1)
+    runtime: str = _env("TLE_RUNTIME", "runc", "default OCI runtime for sandboxes: runc or runsc (gVisor); an image "
+                        "suffix +runsc/+runc picks one per sandbox (docs/gvisor.md)", min_length=1)
     log_level: LogLevel = _env("TLE_LOG_LEVEL", "info", "debug, info, warning or error")
     docker_host: str = _env("TLE_DOCKER_HOST", "unix:///var/run/docker.sock", "Docker Engine API endpoint")
     default_disk_mb: int = _env("TLE_DEFAULT_DISK_MB", 10240, "disk_mb reported when a create gives none", ge=1)

@@ -69,7 +69,7 @@ async def _checkpoint_engine(settings: Settings, backend: DockerBackend, store: 
     log.info("checkpoints: %s", probe.reason if probe.ok else f"NOT SUPPORTED on this host: {probe.reason}")
     docker_root = Path(docker_info.get("DockerRootDir", "/var/lib/docker"))
     mechanism = choose_mechanism(backend, docker_root, settings.data_dir / "dumps", settings.checkpoint_mode,
-                                 settings.runtime, settings.runc_root)
+                                 "runc", settings.runc_root)  # CRIU dumps serve runc sandboxes only (docs/gvisor.md)
     checkpoints = CheckpointEngine(backend, store, settings.data_dir, docker_root, probe, mechanism,
                                    settings.default_image)
     await checkpoints.start()

@@ -28,6 +28,35 @@ os.environ.pop("INDEXIFY_NAMESPACE", None)
 SESSION_LABEL = f"tests-{uuid.uuid4().hex[:12]}"
 os.environ["TLE_SESSION_LABEL"] = SESSION_LABEL
 
+# TLE_TEST_RUNTIME=runsc: the second pass of `./run test` (docs/gvisor.md). Every emulator these tests
+# start inherits TLE_RUNTIME, so every sandbox runs under gVisor; without runsc in Docker the pass skips.
+TEST_RUNTIME = os.environ.get("TLE_TEST_RUNTIME", "").strip() or None
+if TEST_RUNTIME:
+    os.environ["TLE_RUNTIME"] = TEST_RUNTIME
+
+
+def _runtime_missing() -> str | None:
+    """Why the runtime under test cannot run sandboxes here (None: it can)."""
+    if TEST_RUNTIME in (None, "runc"):
+        return None
+    import subprocess
+    out = subprocess.run(["docker", "info", "--format", "{{range $k, $v := .Runtimes}}{{$k}} {{end}}"],
+                         capture_output=True, text=True, timeout=30)
+    if TEST_RUNTIME not in out.stdout.split():
+        return (f"TLE_TEST_RUNTIME={TEST_RUNTIME}: Docker has no runtime '{TEST_RUNTIME}' (`bash "
+                "emulator/setup/gvisor-install.sh` registers gVisor; it says why when it cannot)")
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    why = _runtime_missing()
+    for item in items:
+        if why:
+            item.add_marker(pytest.mark.skip(reason=why))
+        elif TEST_RUNTIME == "runsc" and item.get_closest_marker("runc_only"):
+            item.add_marker(pytest.mark.skip(reason=f"runc only: {item.get_closest_marker('runc_only').args[0]}"))
+
+
 # Short SDK timeouts: the SDK's sync calls block in native code that pytest-timeout cannot interrupt.
 REQ_TIMEOUT = 60.0
 

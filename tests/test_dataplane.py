@@ -114,6 +114,8 @@ def test_twenty_processes_at_once(sb: Sandbox) -> None:
         assert info.exit_code == i
 
 
+@pytest.mark.runc_only("under gVisor an out-of-memory ends the whole sandbox, not one process "
+                       "(test_lifecycle's limits test checks that)")
 def test_oom_killed_process_reports_it(emulator: EmulatorProcess) -> None:
     with Sandbox.create(memory_mb=128, request_timeout=T) as small:
         r = small.run("python3", ["-c", "b = bytearray(600 * 1024 * 1024)"], timeout=60)

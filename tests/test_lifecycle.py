@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
 
 import pytest
+from runtime_helpers import GVISOR, RUNTIME, host_cgroup_value
 from tensorlake.sandbox import AsyncSandbox, Sandbox
 from tensorlake.sandbox.exceptions import RemoteAPIError, SandboxError, SandboxNotFoundError
 
@@ -42,6 +44,7 @@ def test_create_run_terminate_sync(emulator: EmulatorProcess) -> None:
         assert sb.status == "running"
         info = sb.info()
         assert info.resources.cpus == 1.0 and info.resources.memory_mb == 512
+        assert getattr(info, "runtime", RUNTIME) == RUNTIME  # the runtime under test (runtime_helpers)
         assert sb.run("python", ["-c", "print('hello')"]).stdout.strip() == "hello"
         c = _docker_inspect(f"tle-{sb.sandbox_id}")
         hc = c["HostConfig"]
@@ -64,12 +67,30 @@ def test_create_run_terminate_sync(emulator: EmulatorProcess) -> None:
 
 def test_cgroup_limits_and_oom_keeps_sandbox(emulator: EmulatorProcess) -> None:
     with Sandbox.create(cpus=0.5, memory_mb=128, request_timeout=T) as sb:
-        mem = sb.run("cat", ["/sys/fs/cgroup/memory/memory.limit_in_bytes"]).stdout.strip()
-        assert int(mem) == 128 * 1024 * 1024
-        quota = int(sb.run("cat", ["/sys/fs/cgroup/cpu/cpu.cfs_quota_us"]).stdout.strip())
-        period = int(sb.run("cat", ["/sys/fs/cgroup/cpu/cpu.cfs_period_us"]).stdout.strip())
+        if GVISOR:  # the host's cgroup of the runsc sandbox process holds the limits (runtime_helpers)
+            def cgroup(ctl: str, name: str) -> str:
+                return host_cgroup_value(sb.sandbox_id, ctl, name)
+        else:
+            def cgroup(ctl: str, name: str) -> str:
+                return sb.run("cat", [f"/sys/fs/cgroup/{ctl}/{name}"]).stdout.strip()
+        assert int(cgroup("memory", "memory.limit_in_bytes")) == 128 * 1024 * 1024
+        quota = int(cgroup("cpu", "cpu.cfs_quota_us"))
+        period = int(cgroup("cpu", "cpu.cfs_period_us"))
         assert abs(quota / period - 0.5) < 0.01
-        res = sb.run("python3", ["-c", "b = bytearray(400 * 1024 * 1024); print(len(b))"], timeout=60)
+        hog = ["-c", "b = bytearray(400 * 1024 * 1024); print(len(b))"]
+        if GVISOR:
+            # gVisor's memory lives in its one sandbox process: past the limit the host's OOM killer ends
+            # the whole sandbox, not one process in it (docs/gvisor.md); the emulator records the end.
+            with pytest.raises(SandboxError):
+                sb.run("python3", hog, timeout=60)
+            for _ in range(100):
+                if sb.info().status == "terminated":
+                    break
+                time.sleep(0.1)
+            info = sb.info()
+            assert info.status == "terminated", info
+            return
+        res = sb.run("python3", hog, timeout=60)
         assert res.exit_code != 0
         assert sb.run("echo", ["still-up"]).stdout.strip() == "still-up"
         assert sb.status == "running"
@@ -104,7 +125,12 @@ def test_update_rename_ports_and_live_resize(emulator: EmulatorProcess) -> None:
         assert info.exposed_ports == [8080]
         info = sb.update(cpus=2.0, memory_mb=512, timeout=30)
         assert info.resources.cpus == 2.0 and info.resources.memory_mb == 512
-        mem = sb.run("cat", ["/sys/fs/cgroup/memory/memory.limit_in_bytes"]).stdout.strip()
+        if GVISOR:  # resized through the host cgroup of the runsc sandbox process (backend/cgroup_resize.py)
+            mem = host_cgroup_value(sb.sandbox_id, "memory", "memory.limit_in_bytes")
+            quota = int(host_cgroup_value(sb.sandbox_id, "cpu", "cpu.cfs_quota_us"))
+            assert quota == 2 * int(host_cgroup_value(sb.sandbox_id, "cpu", "cpu.cfs_period_us"))
+        else:
+            mem = sb.run("cat", ["/sys/fs/cgroup/memory/memory.limit_in_bytes"]).stdout.strip()
         assert int(mem) == 512 * 1024 * 1024
 
 
@@ -267,3 +293,26 @@ def test_legacy_create_answers_running_with_its_sandbox_url(emulator: EmulatorPr
         assert status == 200 and body["status"] == "running" and body["sandbox_url"], body
     finally:
         _http("DELETE", f"{emulator.api_url}/v1/namespaces/default/sandboxes/{body['sandbox_id']}")
+
+
+def _docker_has_runsc() -> bool:
+    out = subprocess.run(["docker", "info", "--format", "{{range $k, $v := .Runtimes}}{{$k}} {{end}}"],
+                         capture_output=True, text=True, timeout=30).stdout.split()
+    return "runsc" in out
+
+
+@pytest.mark.skipif(not _docker_has_runsc(), reason="Docker has no runsc runtime (emulator/setup/gvisor-install.sh)")
+def test_runtime_per_sandbox_by_image_suffix(emulator: EmulatorProcess) -> None:
+    """docs/gvisor.md: `+runsc` / `+runc` on the image picks the runtime of one sandbox, whatever the default."""
+    image = "tensorlake-emulator/sandbox:latest"
+    for runtime, kernel in (("runsc", "4.4.0"), ("runc", None)):
+        with Sandbox.create(image=f"{image}+{runtime}", request_timeout=T) as sb:
+            info = sb.info()
+            assert info.runtime == runtime and info.image == image
+            version = sb.run("cat", ["/proc/version"]).stdout
+            # gVisor reports its own kernel version; runc shows the host's
+            assert (kernel in version) if kernel else ("4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016" not in version)
+            assert sb.run("echo", ["ok"]).stdout.strip() == "ok"
+    with pytest.raises(RemoteAPIError) as err:
+        Sandbox.create(image=f"{image}+kata", request_timeout=T)
+    assert "400" in str(err.value) and "+runsc" in str(err.value)

@@ -14,6 +14,7 @@ from emulator.api.pools import router as pool_router
 from emulator.config import Settings
 from emulator.manager.images import ImageService
 from emulator.manager.sandboxes import SandboxManager
+from emulator.model import runtimes
 from emulator.request_log import RequestLog
 
 
@@ -38,6 +39,8 @@ def build_api(settings: Settings, manager: SandboxManager, request_log: RequestL
         return JSONResponse({
             "engine": {"version": eng.version, "runtimes": eng.runtimes} if eng else None,
             "runtime": settings.runtime,
+            "runtimes": runtimes.describe(eng.runtimes if eng else [], settings.runtime,
+                                          bool(manager.describe_checkpoints().get("memory_snapshots"))),
             "default_image": settings.default_image,
             "checkpoints": manager.describe_checkpoints(),
             "proxy_url": settings.advertised_proxy_url,

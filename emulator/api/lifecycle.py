@@ -62,7 +62,7 @@ async def _parse(request: Request, model: type[M]) -> M:
 
 def _info(request: Request, rec: Any) -> JSONResponse:
     s = request.app.state.settings
-    return _json(wire.sandbox_info(rec, s.advertised_proxy_url, s.runtime))
+    return _json(wire.sandbox_info(rec, s.advertised_proxy_url, rec.runtime or s.runtime))
 
 
 # How long a suspend or resume call may be held open: the SDK asks for at most 30 s.
@@ -133,7 +133,7 @@ async def answer_create(request: Request, rec: Any, wait: bool | None, budget: f
 @router.get("/sandboxes")
 async def list_sandboxes(request: Request) -> JSONResponse:
     s = request.app.state.settings
-    items = [wire.sandbox_info(r, s.advertised_proxy_url, s.runtime).model_dump(mode="json")
+    items = [wire.sandbox_info(r, s.advertised_proxy_url, r.runtime or s.runtime).model_dump(mode="json")
              for r in _mgr(request).list_sandboxes(_ns(request))]
     return JSONResponse({"sandboxes": items})
 

@@ -65,7 +65,7 @@ async def claim(request: Request, pool_id: str) -> JSONResponse:
     req = await _parse(request, ClaimRequest)
     session = _session(request)
     fs = _mgr(request).file_systems
-    mounts = fs.check_mounts([m.model_dump(exclude_none=True) for m in req.file_systems or []])
+    mounts = fs.check_mounts([m.model_dump(exclude_none=True) for m in req.file_systems or []], runtime=pool.runtime)
     budget = create_budget(request, None)
     rec = await pools.claim(pool, session)
     if not mounts:

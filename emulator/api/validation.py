@@ -21,6 +21,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, StrictFloat, StrictInt, StrictStr
 
 from emulator.errors import BadRequest
+from emulator.model.runtimes import split_image
 
 I64_MAX = 2**63 - 1
 U32_MAX = 2**32 - 1
@@ -104,9 +105,14 @@ def image_reference_problem(ref: str) -> str | None:
 
 
 def _image(value: str) -> str:
-    problem = image_reference_problem(value)
+    """An image reference, optionally with a runtime suffix (`+runsc`; model/runtimes.py, docs/gvisor.md)."""
+    try:
+        name, _ = split_image(value)
+    except BadRequest as exc:
+        raise ValueError(exc.message) from None
+    problem = image_reference_problem(name)
     if problem:
-        raise ValueError(f"invalid image reference {value!r}: {problem}")
+        raise ValueError(f"invalid image reference {name!r}: {problem}")
     return value
 
 

@@ -38,6 +38,7 @@ class ContainerSpec:
     network: bool
     agent_dir: Path
     agent_code: Path  # the agent package directory on the host
+    runtime: str = "runc"  # Docker's runtime name: runc, or runsc (gVisor)
     entrypoint: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)

@@ -13,6 +13,7 @@ import aiohttp
 from aiodocker.exceptions import DockerError
 
 from emulator.agent_channel import AGENT_SOCKET_NAME
+from emulator.backend import cgroup_resize
 from emulator.backend.base import (
     AGENT_CODE_IN_SANDBOX,
     AGENT_DIR_IN_SANDBOX,
@@ -91,7 +92,7 @@ class DockerBackend:
             "Labels": {**spec.labels, LABEL_SANDBOX: spec.sandbox_id, LABEL_INSTANCE: self._instance},
             "NetworkDisabled": not spec.network,
             "HostConfig": {
-                "Runtime": self._runtime,
+                "Runtime": spec.runtime,
                 "NanoCpus": int(spec.cpus * 1e9),
                 "Memory": spec.memory_mb * MiB,
                 "MemorySwap": spec.memory_mb * MiB,
@@ -115,7 +116,7 @@ class DockerBackend:
                 raise ImageNotFound(f"Image '{spec.image}' not found locally (no registry is reachable; "
                                     "build or load it into Docker first)") from exc
             if "runtime" in exc.message.lower():
-                raise RuntimeMissing(f"Container runtime '{self._runtime}' is not available: {exc.message}") from exc
+                raise RuntimeMissing(f"Container runtime '{spec.runtime}' is not available: {exc.message}") from exc
             raise EmulatorError(f"Docker refused to create the container: {exc.message}") from exc
         return container.id
 
@@ -187,6 +188,14 @@ class DockerBackend:
 
     async def update_resources(self, container_id: str, cpus: float, memory_mb: int) -> None:
         body = {"NanoCpus": int(cpus * 1e9), "Memory": memory_mb * MiB, "MemorySwap": memory_mb * MiB}
+        data = await self._inspect(container_id)
+        if data and (data.get("HostConfig") or {}).get("Runtime") == "runsc":
+            # runsc has no `update`: the host cgroup of its sandbox process takes the new limits
+            pid = int((data.get("State") or {}).get("Pid") or 0)
+            if not pid:
+                raise EmulatorError("the sandbox is not running")
+            await asyncio.to_thread(cgroup_resize.resize, pid, cpus, memory_mb)
+            return
         try:
             await self.docker._query_json(f"containers/{container_id}/update", "POST", data=json.dumps(body))
         except DockerError as exc:
@@ -293,7 +302,8 @@ class DockerBackend:
             "Image": image, "Entrypoint": command, "Cmd": [],
             "Labels": {LABEL_INSTANCE: self._instance, LABEL_CANARY: "1"},
             "NetworkDisabled": True,
-            "HostConfig": {"Runtime": self._runtime, "NetworkMode": "none", "Memory": 64 * MiB,
+            # runc always: the canary proves CRIU, which only runc sandboxes use (docs/gvisor.md)
+            "HostConfig": {"Runtime": "runc", "NetworkMode": "none", "Memory": 64 * MiB,
                            "MemorySwap": 64 * MiB, "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"]},
         }
         try:

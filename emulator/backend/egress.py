@@ -68,10 +68,21 @@ def _family(nets: Iterable[Network], version: int) -> list[Network]:
     return [n for n in nets if n.version == version]
 
 
+DOCKER_ROOT = Path("/var/lib/docker")  # where Docker keeps each container's resolv.conf
+
+
 def resolvers_of(pid: int) -> tuple[Network, ...]:
-    """The nameservers of the container's /etc/resolv.conf (read through /proc/<pid>/root), as /32 or /128."""
+    """The nameservers of the container's /etc/resolv.conf (read through /proc/<pid>/root), as /32 or /128.
+
+    Under gVisor `pid` is runsc's sandbox process, whose root is not the container's: the file is then
+    the one Docker bind-mounts into the container (`<docker root>/containers/<id>/resolv.conf`)."""
+    path = Path(f"/proc/{pid}/root/etc/resolv.conf")
     try:
-        text = (Path(f"/proc/{pid}/root/etc/resolv.conf")).read_text(errors="replace")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if argv and Path(argv[0].decode(errors="replace")).name == "runsc-sandbox":
+            cid = next((a.decode() for a in reversed(argv) if a), "")
+            path = DOCKER_ROOT / "containers" / Path(cid).name / "resolv.conf"
+        text = path.read_text(errors="replace")
     except OSError:
         return ()
     out: list[Network] = []

@@ -37,6 +37,7 @@ from emulator.errors import BadRequest, EmulatorError, InvalidState, NotFound, N
 from emulator.labels import SNAPSHOT_REPO
 from emulator.model.ids import new_snapshot_id
 from emulator.model.records import SandboxRecord, SnapshotRecord
+from emulator.model.runtimes import RUNSC
 from emulator.store.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,13 @@ def dir_size(path: Path) -> int:
             except OSError:
                 pass
     return total
+
+
+GVISOR_NO_CHECKPOINT = (
+    "runsc 0.0~20240729 (Debian's) refuses to checkpoint a sandbox using host networking ('checkpoint not "
+    "supported when using hostinet'), and its own network stack cannot start on this kernel ('cannot run with "
+    "network enabled in root network namespace'), so gVisor sandboxes run with host networking; use runc (no "
+    "image suffix, or +runc) for sandboxes that suspend or take memory snapshots; filesystem snapshots work")
 
 
 def choose_mechanism(backend: RuntimeBackend, docker_root: Path, dump_root: Path, mode: str,
@@ -163,7 +171,16 @@ class CheckpointEngine:
     def memory_available(self) -> bool:
         return self.probe.ok
 
-    def require_memory(self, what: str) -> None:
+    def memory_available_for(self, runtime: str | None) -> bool:
+        """Whether a sandbox of `runtime` (None: runc) can have its memory dumped: CRIU works and the
+        sandbox is a runc one (docs/gvisor.md says why gVisor sandboxes cannot here)."""
+        return self.probe.ok and runtime != RUNSC
+
+    def require_memory(self, what: str, runtime: str | None = None) -> None:
+        """Raises NotSupported, naming the cause, when `what` cannot be done for a sandbox of `runtime`."""
+        if runtime == RUNSC:
+            raise NotSupported(f"{what} of a gVisor (runsc) sandbox is not supported on this host: "
+                               f"{GVISOR_NO_CHECKPOINT}")
         if not self.probe.ok:
             raise NotSupported(f"{what} is not supported on this host: {self.probe.reason}")
 
@@ -247,7 +264,7 @@ class CheckpointEngine:
             detail = f": {snap.error}" if snap.error else ""
             raise BadRequest(f"Snapshot {snap.id} is {snap.status} and cannot be restored{detail}")
         if snap.snapshot_type == "memory":
-            self.require_memory("restoring a memory snapshot")
+            self.require_memory("restoring a memory snapshot", snap.runtime)
             if memory_mb is not None and memory_mb != snap.memory_mb:
                 raise BadRequest(f"A memory snapshot restores with its original memory_mb={snap.memory_mb}; "
                                  f"got {memory_mb}")

@@ -111,11 +111,12 @@ class FileSystems:
 
     # ---- mounts ---------------------------------------------------------------------------------
 
-    def check_mounts(self, raw: list[dict[str, Any]],
-                     existing: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        """Normalised mounts whose file systems exist. Raises BadRequest (also for an unknown file system:
-        the SDK reads a 404 on attach as "sandbox not found", which would hide the cause), NotSupported."""
-        if raw and self._ctx.settings.runtime == "runsc":
+    def check_mounts(self, raw: list[dict[str, Any]], existing: list[dict[str, Any]] | None = None,
+                     runtime: str | None = None) -> list[dict[str, Any]]:
+        """Normalised mounts whose file systems exist, for a sandbox of `runtime` (None: the emulator's).
+        Raises BadRequest (also for an unknown file system: the SDK reads a 404 on attach as "sandbox not
+        found", which would hide the cause), NotSupported (mounts under gVisor)."""
+        if raw and (runtime or self._ctx.settings.runtime) == "runsc":
             raise NotSupported("file system mounts need the runc runtime (gVisor keeps mounts inside its "
                                "sandbox kernel)")
         mounts = fsm.normalise_mounts(raw, existing or [])
@@ -203,7 +204,7 @@ class FileSystems:
         path), FileSystemNotFound, InvalidState (not running)."""
         async with self._ctx.table.lock(rec.id):
             _require_running(rec)
-            (m,) = self.check_mounts([raw], rec.file_systems)
+            (m,) = self.check_mounts([raw], rec.file_systems, rec.runtime)
             await self.mount(rec, m, record=True)
             await self._ctx.table.save(rec)
         return rec

@@ -11,6 +11,7 @@ from emulator.errors import EmulatorError
 from emulator.manager import egress
 from emulator.manager.context import ManagerContext
 from emulator.model.records import SandboxRecord, SnapshotRecord
+from emulator.model.runtimes import image_runtime
 from emulator.model.states import SandboxStatus
 
 log = logging.getLogger(__name__)
@@ -18,9 +19,11 @@ AGENT_CODE = Path(__file__).resolve().parent.parent / "agent"  # the agent packa
 
 
 def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> ContainerSpec:
-    """The container a sandbox record asks for (its run folder is made here)."""
+    """The container a sandbox record asks for (its run folder is made here). `image` may carry a runtime
+    suffix (a pool's image); the record's runtime wins, then the suffix, then TLE_RUNTIME."""
+    image, runtime = image_runtime(image, ctx.settings.runtime)
     return ContainerSpec(
-        sandbox_id=rec.id, image=image, cpus=rec.cpus, memory_mb=rec.memory_mb,
+        sandbox_id=rec.id, image=image, runtime=rec.runtime or runtime, cpus=rec.cpus, memory_mb=rec.memory_mb,
         pids_limit=ctx.settings.pids_limit,
         # A network interface even for "no internet": the policy is enforced by rules in the sandbox's
         # namespace (manager/egress.py), so `update` can open or close it on a running sandbox.

@@ -22,6 +22,7 @@ from emulator.manager.launch import launch
 from emulator.model.ids import new_sandbox_id
 from emulator.model.pools import PoolRecord, WarmContainer
 from emulator.model.records import SandboxOptions, SandboxRecord, now_ms
+from emulator.model.runtimes import image_runtime
 from emulator.model.spec import SandboxSpec
 from emulator.model.states import SandboxStatus
 
@@ -82,10 +83,11 @@ class PoolManager:
         if config.max_containers is not None and warm_n > config.max_containers:
             raise BadRequest(f"warm_containers ({warm_n}) cannot exceed max_containers ({config.max_containers})")
         image = spec.image or image or self._ctx.settings.default_image
-        if not await self._ctx.backend.image_exists(image):
-            raise ImageNotFound(f"Image '{image}' not found locally; no registry is reachable, so build or "
+        docker_image, runtime = image_runtime(image, self._ctx.settings.runtime)  # a pool's runtime: its image suffix
+        if not await self._ctx.backend.image_exists(docker_image):
+            raise ImageNotFound(f"Image '{docker_image}' not found locally; no registry is reachable, so build or "
                                 "load it into Docker first (docker images lists what is there)")
-        return {**spec.resolve(base), "image": image, "max_containers": config.max_containers,
+        return {**spec.resolve(base), "image": image, "runtime": runtime, "max_containers": config.max_containers,
                 "warm_containers": warm_n, "secret_names": config.secret_names}
 
     async def create(self, namespace: str, config: PoolConfig) -> PoolRecord:

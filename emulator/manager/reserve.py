@@ -29,7 +29,7 @@ async def ensure_reserve(ctx: ManagerContext) -> None:
     pool = ctx.pools.get(RESERVE_ID)
     wanted = PoolRecord(id=RESERVE_ID, namespace="default", image=s.default_image, reserve=True,
                         warm_containers=s.warm_reserve, session_label=s.session_label or None,
-                        **SandboxOptions(disk_mb=s.default_disk_mb).options())
+                        **SandboxOptions(disk_mb=s.default_disk_mb, runtime=s.runtime).options())
     if pool is not None and (s.warm_reserve == 0 or pool.template() != wanted.template()
                              or pool.session_label != wanted.session_label):
         await ctx.pools.remove(pool)
@@ -46,9 +46,11 @@ async def ensure_reserve(ctx: ManagerContext) -> None:
         await ctx.pools.save(pool)
 
 
-def _eligible(pool: PoolRecord, namespace: str, spec: SandboxSpec, image: str) -> bool:
+def _eligible(pool: PoolRecord, namespace: str, spec: SandboxSpec, image: str, ctx_runtime: str) -> bool:
     net = spec.network_policy
+    # the reserve's containers run under the default runtime (TLE_RUNTIME): a create for another one starts its own
     return (namespace == pool.namespace and image == pool.image and spec.entrypoint is None
+            and (pool.runtime or ctx_runtime) == (spec.runtime or ctx_runtime)
             and spec.snapshot_id is None and spec.pool_id is None  # file systems: mounted into it (create)
             # only the default network: a warm container has no egress rules (launch() applies them)
             and (net is None or (net.get("allow_internet_access", True) is not False
@@ -61,7 +63,7 @@ async def take(ctx: ManagerContext, namespace: str, spec: SandboxSpec, image: st
     """A ready reserve container for this create, with its cpus and memory set to the spec's; None
     when the reserve is off, empty or does not fit (the caller then starts a container)."""
     pool = ctx.pools.get(RESERVE_ID)
-    if pool is None or not _eligible(pool, namespace, spec, image):
+    if pool is None or not _eligible(pool, namespace, spec, image, ctx.settings.runtime):
         return None
     entry = await take_warm(pool, True)
     if entry is None or entry.container_id is None:

@@ -43,6 +43,7 @@ from emulator.manager.run_dirs import RunDirs
 from emulator.manager.table import SandboxTable
 from emulator.model.ids import new_sandbox_id
 from emulator.model.records import ResourceResize, SandboxOptions, SandboxRecord, SnapshotRecord, now_ms
+from emulator.model.runtimes import split_image
 from emulator.model.spec import SandboxSpec
 from emulator.model.states import SandboxStatus
 from emulator.store.sqlite import Store
@@ -188,21 +189,25 @@ class SandboxManager:
             raise BadRequest(f"timeout_secs must be >= 0; got {spec.timeout_secs}")
         self._check_resources(spec.cpus, spec.memory_mb)
         egress.check_host(spec.network_policy)
-        mounts = self.file_systems.check_mounts(spec.file_systems or [])
         await egress.resolve(spec.network_policy)  # an unresolvable host name is a 400 now, not a failed launch
         snap: SnapshotRecord | None = None
         base = SandboxOptions(disk_mb=self.settings.default_disk_mb)
-        image = spec.image or self.settings.default_image
+        image, runtime = split_image(spec.image or self.settings.default_image)
+        mounts = self.file_systems.check_mounts(spec.file_systems or [], runtime=runtime)
         if spec.snapshot_id is not None:
             snap = ctx.checkpoints.get_snapshot(namespace, spec.snapshot_id)
             ctx.checkpoints.check_restorable(snap, spec.cpus, spec.memory_mb)
-            base, image = snap, snap.base_image
+            # a restore runs under the runtime that made the snapshot (its dump is that runtime's format)
+            base, image, runtime = snap, snap.base_image, snap.runtime
             if spec.file_systems is None:
                 mounts = list(snap.file_systems)  # inherited; launch drops one whose file system is gone
+        runtime = runtime or self.settings.runtime
+        spec = spec.model_copy(update={"runtime": runtime})
         assert ctx.engine is not None
-        if self.settings.runtime not in ctx.engine.runtimes:
-            raise RuntimeMissing(f"Container runtime '{self.settings.runtime}' is not installed in the Docker "
-                                 f"engine (available: {', '.join(ctx.engine.runtimes)})")
+        if runtime not in ctx.engine.runtimes:
+            raise RuntimeMissing(f"Container runtime '{runtime}' is not installed in the Docker engine (available: "
+                                 f"{', '.join(ctx.engine.runtimes)}; `tensorlake-emulator setup` installs gVisor "
+                                 "as 'runsc' where it can)")
         if snap is None and not await ctx.backend.image_exists(image):
             raise ImageNotFound(f"Image '{image}' not found locally; no registry is reachable, so build or "
                                 "load it into Docker first (docker images lists what is there)")

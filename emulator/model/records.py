@@ -43,6 +43,8 @@ class SandboxOptions(BaseModel):
     network_policy: dict[str, Any] | None = None
     exposed_ports: list[int] = Field(default_factory=list)
     allow_unauthenticated_access: bool = False
+    # the OCI runtime (model/runtimes.py); None in records of emulators before it: the default then
+    runtime: str | None = None
 
     def options(self) -> dict[str, Any]:
         """The option fields alone, for building another record that inherits them."""

@@ -3,6 +3,7 @@
 #   1. Docker engine running with checkpoint support (--experimental)
 #   2. CRIU >= 4.2 on PATH (optional: without it suspend/checkpoint answer "not supported")
 #   3. the default sandbox image, built offline from Debian packages
+#   3b. gVisor: runsc registered with Docker as the runtime "runsc" (optional: without it runc only)
 #   4. in a source checkout only: the project's Python environment (.venv) with the pinned SDK for the tests
 # Every stage prints one line and skips itself when its work is already done; long ones say they are alive.
 # Everything it runs ships inside the package (this folder), so an installed wheel sets a host up alone.
@@ -111,6 +112,13 @@ if [ "$(docker image inspect -f '{{.Id}}' "$ALIAS_IMAGE" 2>/dev/null)" != "$(doc
   docker tag "$IMAGE" "$ALIAS_IMAGE" && say "image: tagged as $ALIAS_IMAGE"
 else
   say "image: $ALIAS_IMAGE present"
+fi
+
+# ---- 3b. gVisor (optional; says why when it cannot and the emulator carries on with runc) -------
+if [ "${TLE_SETUP_GVISOR:-1}" = 0 ]; then
+  say "gvisor: skipped (TLE_SETUP_GVISOR=0)"
+else
+  bash "$HERE/gvisor-install.sh" "$IMAGE" 2>&1 | sed 's/^/[setup] /'
 fi
 
 # ---- 4. Python environment (a source checkout only) ------------------------------------------

@@ -1,0 +1,58 @@
+"""The runtime suffix of an image name (emulator/model/runtimes.py) and the gVisor listener check
+(emulator/agent_channel.py) against real host processes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from emulator.agent_channel import AgentPids, is_gvisor_listener
+from emulator.errors import BadRequest
+from emulator.model.runtimes import describe, image_runtime, split_image
+
+
+@pytest.mark.parametrize(("image", "want"), [
+    ("tensorlake/ubuntu-minimal", ("tensorlake/ubuntu-minimal", None)),
+    ("python:3.12+runsc", ("python:3.12", "runsc")),
+    ("python:3.12+gvisor", ("python:3.12", "runsc")),
+    ("reg.local:5000/x/y:tag+runc", ("reg.local:5000/x/y:tag", "runc")),
+    ("img+RUNSC", ("img", "runsc")),
+])
+def test_split_image(image: str, want: tuple[str, str | None]) -> None:
+    assert split_image(image) == want
+
+
+@pytest.mark.parametrize("image", ["img+kata", "+runsc", "img+"])
+def test_unknown_suffix_is_a_clear_400(image: str) -> None:
+    with pytest.raises(BadRequest) as err:
+        split_image(image)
+    assert "+runsc" in err.value.message
+
+
+def test_default_applies_without_suffix() -> None:
+    assert image_runtime("img", "runsc") == ("img", "runsc")
+    assert image_runtime("img+runc", "runsc") == ("img", "runc")
+
+
+def test_describe_lists_both_and_what_gvisor_lacks() -> None:
+    d = describe(["runc", "runsc"], "runc", criu_ok=True)
+    assert d["runc"]["default"] and d["runsc"]["installed"]
+    assert d["runc"]["supports"]["memory_snapshots"] is True  # type: ignore[index]
+    assert d["runsc"]["supports"]["memory_snapshots"] is False  # type: ignore[index]
+    assert describe(["runc"], "runc", criu_ok=False)["runsc"]["installed"] is False
+
+
+def test_a_plain_host_process_is_never_a_gvisor_listener() -> None:
+    # this test process is not runsc-sandbox: the gVisor rule never applies (runc's check stays as is)
+    assert not is_gvisor_listener(os.getpid(), os.getpid(), "c" * 64)
+    assert not is_gvisor_listener(os.getppid(), os.getpid(), "c" * 64)
+
+
+async def test_runc_check_unchanged_for_a_non_runsc_pid1() -> None:
+    async def lookup(_: str) -> int:
+        return os.getpid()
+
+    pids = AgentPids(lookup)
+    assert await pids.is_agent("cid", os.getpid())
+    assert not await pids.is_agent("cid", os.getppid())
