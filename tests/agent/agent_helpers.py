@@ -24,6 +24,15 @@ import pytest
 AGENT = Path(__file__).resolve().parents[2] / "emulator" / "agent"
 # The agent must run on python3 >= 3.9; point this at another interpreter to check that.
 AGENT_PYTHON = os.environ.get("TLE_AGENT_TEST_PYTHON", sys.executable)
+# The Go agent: TLE_AGENT_TEST_BINARY=/path/to/tle-agent runs that binary instead of the Python package.
+AGENT_BINARY = os.environ.get("TLE_AGENT_TEST_BINARY") or None
+
+
+def agent_command(socket_path: str) -> list:
+    """The agent's command line (without a prefix such as unshare)."""
+    if AGENT_BINARY:
+        return [AGENT_BINARY, "--socket", socket_path]
+    return [AGENT_PYTHON, "-B", str(AGENT), "--socket", socket_path]
 
 
 class Agent:
@@ -38,7 +47,7 @@ class Agent:
         self.log_path = os.path.join(self.dir, "agent.log")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [*self.prefix, AGENT_PYTHON, "-B", str(AGENT), "--socket", self.socket],
+            [*self.prefix, *agent_command(self.socket)],
             cwd=self.workdir,
             env=full_env,
             stdout=self._log,
