@@ -22,9 +22,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
+	"unsafe"
 )
 
 const (
@@ -32,6 +34,10 @@ const (
 	// what is still read of a body after a failed upload so that the connection can serve the next request
 	ioDrainLeftover = 4 * 1024 * 1024
 )
+
+// ioUmask is the agent's umask, read once before anything runs (reading it means setting it: a child
+// forked meanwhile would inherit the wrong one). New files get 0666 &^ ioUmask, as open(2) gives them.
+var ioUmask = func() uint32 { m := syscall.Umask(0); syscall.Umask(m); return uint32(m) }()
 
 var ioSpoolFallbackDirs = []string{"/tmp", "/var/tmp", "/dev/shm"}
 
@@ -232,7 +238,14 @@ func (u *ioUpload) create() error {
 	if err := ioMakeParents(u.path, uid, gid, owned); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(u.path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOCTTY, 0o666)
+	err := u.linkSpool(uid, gid, owned)
+	if err == nil {
+		return nil
+	}
+	var f *os.File
+	if !errors.Is(err, syscall.EEXIST) {
+		f, err = os.OpenFile(u.path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOCTTY, 0o666)
+	}
 	if errors.Is(err, syscall.EEXIST) {
 		// created meanwhile, or a dangling symlink: write through it in place
 		if u.target, err = os.OpenFile(u.path, os.O_WRONLY|os.O_CREATE|syscall.O_NOCTTY, 0o666); err != nil {
@@ -252,6 +265,35 @@ func (u *ioUpload) create() error {
 		return err
 	}
 	return f.Close()
+}
+
+// linkSpool gives the nameless spool its name (linkat through /proc/self/fd): the new file appears
+// whole, without copying its bytes again. Mode and owner are those of a created file. Fails (and
+// nothing is changed) when the spool is not linkable there: another file system, no /proc, a named
+// spool; EEXIST when the name was taken meanwhile.
+func (u *ioUpload) linkSpool(uid, gid int, owned bool) error {
+	fd := int(u.spool.Fd())
+	if err := syscall.Fchmod(fd, 0o666&^ioUmask); err != nil {
+		return err
+	}
+	if owned && os.Geteuid() == 0 {
+		_ = syscall.Fchown(fd, uid, gid)
+	}
+	old, err := syscall.BytePtrFromString("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		return err
+	}
+	name, err := syscall.BytePtrFromString(u.path)
+	if err != nil {
+		return err
+	}
+	atFdcwd, atSymlinkFollow := -100, 0x400
+	_, _, e := syscall.Syscall6(syscall.SYS_LINKAT, uintptr(atFdcwd), uintptr(unsafe.Pointer(old)),
+		uintptr(atFdcwd), uintptr(unsafe.Pointer(name)), uintptr(atSymlinkFollow), 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }
 
 // ioMakeParents creates the missing parents of `path`, owned by uid:gid when `owned`.
