@@ -77,3 +77,22 @@ func startReaper() {
 	}()
 	reapAll()
 }
+
+// reaperHas: whether pid is a registered child not reaped yet.
+func reaperHas(pid int) bool {
+	reaper.mu.Lock()
+	defer reaper.mu.Unlock()
+	_, ok := reaper.waiters[pid]
+	return ok
+}
+
+// reaperPids lists the registered children not reaped yet.
+func reaperPids() []int {
+	reaper.mu.Lock()
+	defer reaper.mu.Unlock()
+	out := make([]int, 0, len(reaper.waiters))
+	for pid := range reaper.waiters {
+		out = append(out, pid)
+	}
+	return out
+}
