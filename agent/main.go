@@ -8,8 +8,9 @@
 // TLE_AGENT_SOCKET (socket when --socket is not given), TLE_ENTRYPOINT (JSON list started at boot as an
 // ordinary process), TLE_ENTRYPOINT_GATE (file to wait for before that), TLE_OUTPUT_LIMIT_BYTES (per-process
 // output bound, default 16 MiB), TLE_DEFAULT_USER (user of processes whose request names none),
-// TLE_MAX_FINISHED_PROCESSES (finished entries kept, default 1000). See emulator/agent/__main__.py (the
-// Python original) for the full behaviour contract this program keeps.
+// TLE_MAX_FINISHED_PROCESSES (finished entries kept, default 1000). The full behaviour contract this program
+// keeps is agent/CONTRACT.md (it was the docstring of the Python agent, emulator/agent, that this replaced;
+// the "ported from <module>.py" notes in the files name that agent's modules, in git history).
 package main
 
 import (
