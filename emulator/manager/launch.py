@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from emulator.backend.base import LABEL_NAMESPACE, LABEL_POOL, LABEL_SESSION, ContainerSpec
 from emulator.errors import EmulatorError
@@ -15,7 +14,6 @@ from emulator.model.runtimes import image_runtime
 from emulator.model.states import SandboxStatus
 
 log = logging.getLogger(__name__)
-AGENT_CODE = Path(__file__).resolve().parent.parent / "agent"  # the agent package, run as a directory
 
 
 def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> ContainerSpec:
@@ -28,7 +26,7 @@ def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> Conta
         # A network interface even for "no internet": the policy is enforced by rules in the sandbox's
         # namespace (manager/egress.py), so `update` can open or close it on a running sandbox.
         network=egress.needs_interface(rec.network_policy),
-        agent_dir=ctx.run_dirs.make(rec.id), agent_code=AGENT_CODE, entrypoint=rec.entrypoint,
+        agent_dir=ctx.run_dirs.make(rec.id), agent_code=ctx.settings.agent_dir, entrypoint=rec.entrypoint,
         env={"TLE_OUTPUT_LIMIT_BYTES": str(ctx.settings.agent_output_limit), **egress.entrypoint_gate(rec)},
         labels={LABEL_NAMESPACE: rec.namespace,
                 **({LABEL_SESSION: rec.session_label} if rec.session_label else {}),
@@ -64,7 +62,7 @@ async def launch(ctx: ManagerContext, rec: SandboxRecord, snap: SnapshotRecord |
             await ctx.table.save(rec)
             if not await ctx.agents.wait_healthy(ctx.run_dirs.endpoint(rec), ctx.settings.startup_timeout):
                 raise EmulatorError(f"the sandbox agent did not answer within {ctx.settings.startup_timeout}s "
-                                    "(does the image have python3 >= 3.9 on PATH?)")
+                                    f"(see the container's log: docker logs tle-{rec.id})")
             if rec.status != SandboxStatus.pending:
                 return
             ctx.set_deadline(rec)
