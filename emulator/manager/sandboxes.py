@@ -30,12 +30,13 @@ from emulator.errors import (
     SandboxNotReady,
     SandboxNotRunning,
 )
-from emulator.manager import egress, reaper, reserve, suspension, warm, watch
+from emulator.manager import egress, faults, reaper, reserve, suspension, warm, watch
 from emulator.manager.context import ManagerContext
 from emulator.manager.launch import launch
 from emulator.manager.pool_table import PoolTable
 from emulator.manager.pools import PoolManager
 from emulator.manager.reconcile import reconcile
+from emulator.manager.reset import ResetStep, default_steps
 from emulator.manager.reset import reset as reset_scope
 from emulator.manager.run_dirs import RunDirs
 from emulator.manager.table import SandboxTable
@@ -67,6 +68,8 @@ class SandboxManager:
         self._watch: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self.pools = PoolManager(self._ctx, self._check_resources)
+        self._reset_steps: list[ResetStep] = default_steps(self.terminate)
+        self.faults = faults.FaultControl(self._ctx)  # injected faults: the API's and the proxy's way in
 
     @property
     def settings(self) -> Settings:
@@ -127,9 +130,15 @@ class SandboxManager:
         return fired
 
     async def reset(self, namespace: str | None, session: str | None) -> dict[str, Any]:
-        """Terminate and delete every sandbox and snapshot of a namespace and/or a session label
-        (None: any); the report of manager/reset.py."""
-        return await reset_scope(self._ctx, self.terminate, namespace, session)
+        """Terminate and delete every sandbox, pool, snapshot and fault of a namespace and/or a session
+        label (None: any); the report of manager/reset.py."""
+        return await reset_scope(self._ctx, self._reset_steps, namespace, session)
+
+    def add_reset_step(self, step: ResetStep, before: str | None = "forget_step") -> None:
+        """Run `step(ctx, scope, report)` in every reset (file systems, built images): before the step
+        of that function name (default: before the sandbox records are forgotten), or last."""
+        names = [getattr(s, "__name__", "") for s in self._reset_steps]
+        self._reset_steps.insert(names.index(before) if before in names else len(names), step)
 
     async def keep_pools_once(self) -> None:
         """One pass of the pool reconciler (queued claims, warm targets): what its task does each second."""
@@ -190,9 +199,10 @@ class SandboxManager:
         if snap is None and not await ctx.backend.image_exists(image):
             raise ImageNotFound(f"Image '{image}' not found locally; no registry is reachable, so build or "
                                 "load it into Docker first (docker images lists what is there)")
+        fault = faults.take_create(ctx, namespace, spec.name, spec.session_label)
         # A running container of the warm reserve when one fits (manager/reserve.py), else a launch.
-        warm_entry = None if snap is not None else await reserve.take(ctx, namespace, spec, image,
-                                                                      self.pools.take_warm)
+        warm_entry = None if snap is not None or fault is not None else await reserve.take(
+            ctx, namespace, spec, image, self.pools.take_warm)
         rec = SandboxRecord(
             id=warm_entry.sandbox_id if warm_entry else new_sandbox_id(), namespace=namespace, name=spec.name,
             image=image, **spec.resolve(base), auto_resume=True if spec.auto_resume is None else spec.auto_resume,
@@ -206,7 +216,8 @@ class SandboxManager:
             metrics.count("create", "success", time.monotonic() - t0)
             self.pools.wake.set()  # refill the reserve
         else:
-            ctx.tasks.spawn("launch", rec.id, metrics.timed("restore" if snap else "create", launch(ctx, rec, snap),
+            ctx.tasks.spawn("launch", rec.id, metrics.timed("restore" if snap else "create",
+                                                            launch(ctx, rec, snap, fault),
                                                             ok=lambda: rec.status == S.running))
         return rec
 
