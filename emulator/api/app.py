@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from emulator.api import control, errors, faults
+from emulator.api import control, errors, faults, ui
 from emulator.api.lifecycle import router
 from emulator.api.pools import router as pool_router
 from emulator.config import Settings
@@ -39,6 +39,7 @@ def build_api(settings: Settings, manager: SandboxManager, request_log: RequestL
     app.include_router(control.router)
     app.include_router(control.metrics_router)
     app.include_router(faults.router)
+    app.include_router(ui.router)
     for r in (router, pool_router):
         app.include_router(r, prefix="/v1/namespaces/{namespace}")
         app.include_router(r)

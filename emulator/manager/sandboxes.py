@@ -30,7 +30,7 @@ from emulator.errors import (
     SandboxNotReady,
     SandboxNotRunning,
 )
-from emulator.manager import egress, faults, reaper, reserve, suspension, warm, watch
+from emulator.manager import egress, faults, peek, reaper, reserve, suspension, warm, watch
 from emulator.manager.context import ManagerContext
 from emulator.manager.launch import launch
 from emulator.manager.pool_table import PoolTable
@@ -158,6 +158,14 @@ class SandboxManager:
 
     def resolve_route(self, ident: str) -> SandboxRecord:
         return self._ctx.table.resolve_route(ident)
+
+    def all_pools(self) -> list[Any]:
+        """Every user pool (PoolRecord) of every namespace, not the emulator's own warm reserve (dashboard)."""
+        return [p for p in self._ctx.pools if not p.reserve]
+
+    async def agent_json(self, sandbox_id: str, path: str) -> Any:
+        """GET `path` from a running sandbox's agent without waking it (the dashboard); manager/peek.py."""
+        return await peek.agent_json(self._ctx, sandbox_id, path)
 
     # ---- create ------------------------------------------------------------------------------
 
