@@ -104,7 +104,7 @@ class Browser:
 
     def screenshot(self, path: Path, width: int = 1400, height: int = 1000) -> None:
         """A PNG of the whole page (at least width x height) written to `path`."""
-        full = self.eval("Math.max(document.documentElement.scrollHeight, %d)" % height)
+        full = self.eval(f"Math.max(document.documentElement.scrollHeight, {height})")
         self.send("Emulation.setDeviceMetricsOverride", width=width, height=int(full), deviceScaleFactor=1,
                   mobile=False)
         data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]

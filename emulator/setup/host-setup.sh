@@ -4,6 +4,7 @@
 #   2. CRIU >= 4.2 on PATH (optional: without it suspend/checkpoint answer "not supported")
 #   3. the default sandbox image, built offline from Debian packages
 #   4. in a source checkout only: the project's Python environment (.venv) with the pinned SDK for the tests
+#   5. with --for-tests only (./run test): Debian's chromium, the headless browser of the dashboard tests
 # Every stage prints one line and skips itself when its work is already done; long ones say they are alive.
 # Everything it runs ships inside the package (this folder), so an installed wheel sets a host up alone.
 set -uo pipefail
@@ -127,6 +128,17 @@ else
     || die "pip install (see $STATE/pip.log)"
   echo "$want" >"$stamp"
   say "python: ready"
+fi
+
+# ---- 5. test-only tools (--for-tests, what ./run test passes) ---------------------------------
+if [ "${1:-}" = "--for-tests" ]; then
+  if command -v chromium >/dev/null 2>&1; then
+    say "chromium: present (dashboard tests)"
+  else
+    say "chromium: installing Debian's package for the dashboard tests (tests/test_ui.py)"
+    with_progress "chromium" apt_install --no-install-recommends chromium
+    say "chromium: ready"
+  fi
 fi
 
 # ---- 2b. wait for CRIU ------------------------------------------------------------------------
