@@ -1,4 +1,4 @@
-"""Fault injection (issue 17, docs/controls.md "Faults"): the table of faults in force and every check.
+"""Fault injection (issue 17, docs/controls.md "Faults"): every check (the table is manager/fault_table.py).
 
 The points of use call in here and nowhere else decides: a create (`take_create`, then `hold_launch`
 in the launch task), a suspend, resume or checkpoint (`before_transition`), a proxied request
