@@ -1,4 +1,5 @@
-"""Python helpers for the emulator's test controls (docs/controls.md): reset, clock, request log, metrics.
+"""Python helpers for the emulator's test controls (docs/controls.md): reset, faults, clock, request log,
+metrics.
 
 Standard library only, so a test can use them without anything beyond the SDK. Every function takes
 `api_url`; without it the emulator is found through TLE_EMULATOR_URL, else TENSORLAKE_API_URL (what
@@ -8,10 +9,13 @@ the SDK uses). The key the SDK sends (TENSORLAKE_API_KEY, else TLE_API_KEY) goes
     control.reset(namespace="default")         # {"sandboxes": [...], "snapshots": [...], ...}
     control.advance_clock(3600)                # timeout_secs deadlines within the hour fire now
     control.requests(sandbox=sb.sandbox_id, status="5xx")
+    with control.EmulatorControl().fault("proxy_error", namespace="ns", status=503, count=2):
+        ...                                    # the next two proxied requests in "ns" answer 503
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.error
@@ -115,6 +119,68 @@ class EmulatorControl:
         """The Prometheus text of GET /metrics."""
         return self._call("GET", "/metrics", raw=True)
 
+    # ---- faults (docs/controls.md "Faults") ----
+
+    def inject_fault(self, kind: str, **params: Any) -> dict[str, Any]:
+        """Put a fault in force: `kind` (create_pending, create_fail, no_capacity, suspend_fail,
+        resume_fail, checkpoint_fail, suspend_slow, resume_slow, checkpoint_slow, proxy_error,
+        proxy_cut, oom_kill), scope (namespace=, session=, sandbox= id or name, count=) and the
+        kind's parameters. Returns the fault (its `id`); an oom_kill has acted already (`sandboxes`)."""
+        return self._call("POST", "/emulator/faults", body={"kind": kind, **params})
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The faults in force, with how often each fired (`fired`) and on which sandboxes."""
+        return self._call("GET", "/emulator/faults")["faults"]
+
+    def delete_fault(self, fault_id: str, missing_ok: bool = True) -> None:
+        """Delete a fault (one whose count is used up is gone already: fine unless missing_ok=False)."""
+        try:
+            self._call("DELETE", f"/emulator/faults/{fault_id}")
+        except ControlError as err:
+            if err.status != 404 or not missing_ok:
+                raise
+
+    def clear_faults(self, namespace: str | None = None, session: str | None = None,
+                     everything: bool = False) -> list[str]:
+        """Delete the faults made for a namespace and/or session (everything=True: all); their ids."""
+        if namespace is None and session is None and not everything:
+            raise ValueError("say which faults to clear: namespace=, session=, or everything=True")
+        return self._call("DELETE", "/emulator/faults", {"namespace": namespace, "session": session,
+                                                         "all": "true" if everything else None})["deleted"]
+
+    @contextlib.contextmanager
+    def fault(self, kind: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """`inject_fault` for the length of a `with` block."""
+        made = self.inject_fault(kind, **params)
+        try:
+            yield made
+        finally:
+            if kind != "oom_kill":
+                self.delete_fault(made["id"])
+
+
+class FaultInjector:
+    """What the `tensorlake_faults` fixture gives: `inject(kind, **params)` scoped by default to the
+    test session's label (so other sessions on a shared emulator are not hit), every fault made
+    deleted by `clear()` (the fixture calls it after the test)."""
+
+    def __init__(self, control: EmulatorControl) -> None:
+        self.control = control
+        self._made: list[str] = []
+
+    def inject(self, kind: str, **params: Any) -> dict[str, Any]:
+        if not ({"namespace", "session", "sandbox"} & params.keys()) and self.control.session_label:
+            params["session"] = self.control.session_label
+        made = self.control.inject_fault(kind, **params)
+        if kind != "oom_kill":
+            self._made.append(made["id"])
+        return made
+
+    def clear(self) -> None:
+        for fault_id in self._made:
+            self.control.delete_fault(fault_id)
+        self._made.clear()
+
 
 def reset(namespace: str | None = None, session: str | None = None, everything: bool = False,
           api_url: str | None = None) -> dict[str, Any]:
@@ -125,6 +191,11 @@ def reset(namespace: str | None = None, session: str | None = None, everything: 
 def advance_clock(seconds: float, api_url: str | None = None) -> dict[str, Any]:
     """EmulatorControl(api_url).advance_clock(seconds)."""
     return EmulatorControl(api_url).advance_clock(seconds)
+
+
+def inject_fault(kind: str, api_url: str | None = None, **params: Any) -> dict[str, Any]:
+    """EmulatorControl(api_url).inject_fault(kind, **params)."""
+    return EmulatorControl(api_url).inject_fault(kind, **params)
 
 
 def requests(api_url: str | None = None, **filters: Any) -> list[dict[str, Any]]:

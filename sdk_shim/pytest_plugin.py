@@ -15,6 +15,9 @@ Installed with the project (entry point `pytest11`), so there is nothing to regi
   (docs/controls.md).
 - `tensorlake_clean` (function): the same control, and after the test every sandbox and snapshot the
   session made is terminated and deleted (`reset_session()`), so the next test starts from nothing.
+- `tensorlake_faults` (function): `inject(kind, **params)` puts a fault in force (a create that stays
+  pending or fails, no capacity, a failing or slow suspend/resume/checkpoint, proxy errors and cut
+  streams, an OOM kill), scoped to the session; removed after the test.
 
 `@pytest.mark.tensorlake_sandbox(image=..., cpus=..., memory_mb=..., ...)` passes arguments to the
 sandbox fixtures' `create`.
@@ -306,6 +309,21 @@ def tensorlake_clean(tensorlake_emulator: TensorlakeEmulator) -> Iterator[Any]:
                   f"terminated, {len(report['snapshots'])} snapshot(s) deleted")
     except Exception as exc:  # the session's own clean-up still covers what is left
         _warn(f"[tensorlake-emulator] reset after the test failed: {exc}")
+
+
+@pytest.fixture
+def tensorlake_faults(tensorlake_emulator: TensorlakeEmulator) -> Iterator[Any]:
+    """An `sdk_shim.control.FaultInjector`: `inject(kind, **params)` puts a fault in force, scoped to
+    this session unless a namespace, session or sandbox is given; every fault it made is deleted after
+    the test (docs/controls.md "Faults")."""
+    from sdk_shim.control import FaultInjector
+
+    injector = FaultInjector(tensorlake_emulator.control)
+    yield injector
+    try:
+        injector.clear()
+    except Exception as exc:  # the emulator may be gone; its faults live in memory only
+        _warn(f"[tensorlake-emulator] removing the test's faults failed: {exc}")
 
 
 def _create_kwargs(emu: TensorlakeEmulator, request: pytest.FixtureRequest) -> dict[str, Any]:

@@ -21,6 +21,10 @@ from sdk_shim.launcher import EmulatorProcess, free_port
 _API_PORT, _PROXY_PORT = free_port(), free_port()
 os.environ["TENSORLAKE_API_URL"] = f"http://localhost:{_API_PORT}"
 os.environ.pop("TENSORLAKE_SANDBOX_API_URL", None)
+if os.environ.get("TLE_TEST_PROXY_URL_ENV") == "1":
+    # tests/sdk_range.py with a release older than 0.5.58: those do not route by the sandbox_url the
+    # emulator answers, they take the proxy from this variable (or assume localhost:9443).
+    os.environ["TENSORLAKE_SANDBOX_PROXY_URL"] = f"http://localhost:{_PROXY_PORT}"
 os.environ.pop("TENSORLAKE_API_KEY", None)
 os.environ.pop("INDEXIFY_NAMESPACE", None)
 # Every emulator these tests start inherits this label, so whatever they leave in Docker (snapshot

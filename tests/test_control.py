@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from tensorlake.sandbox import CheckpointType, Sandbox
 
+from emulator.backend.base import LABEL_POOL
 from sdk_shim import control
 from sdk_shim.launcher import EmulatorProcess
 
@@ -124,6 +125,30 @@ def test_reset_session_ends_pending_and_running_sandboxes_of_that_session(emulat
     finally:
         outsider.terminate()
         _http("POST", f"{url}/emulator/reset?namespace={ns}")
+
+
+def test_reset_removes_the_namespace_pools_with_their_warm_and_claimed_sandboxes(emulator: EmulatorProcess) -> None:
+    url, ns = emulator.api_url, f"ctl-{_uid()}"
+    base = f"{url}/v1/namespaces/{ns}"
+    code, made = _http("POST", f"{base}/sandbox-pools", {"image": "tensorlake/ubuntu-minimal", "warm_containers": 1,
+                                                         "resources": {"cpus": 1.0, "memory_mb": 256}})
+    assert code in (200, 201), made
+    pool_id = made["pool_id"]
+    claimed = Sandbox.create(namespace=ns, pool_id=pool_id, request_timeout=T)
+    deadline = time.monotonic() + 30
+    while len(_pool_containers(pool_id)) < 2 and time.monotonic() < deadline:  # the claimed one and a refill
+        time.sleep(0.25)
+    report = control.reset(namespace=ns, api_url=url)
+    assert report["pools"] == [pool_id] and report["terminated"] == [claimed.sandbox_id], report
+    assert report["errors"] == []
+    assert _http("GET", f"{base}/sandbox-pools/{pool_id}")[0] == 404
+    assert _pool_containers(pool_id) == []
+
+
+def _pool_containers(pool_id: str) -> list[str]:
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL_POOL}={pool_id}"],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.split()
 
 
 def test_reset_needs_a_scope(emulator: EmulatorProcess) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from emulator.api import control, errors
+from emulator.api import control, errors, faults, ui
 from emulator.api.artifact_storage import router as artifact_router
 from emulator.api.image_templates import router as template_router
 from emulator.api.images import router as image_router
@@ -52,6 +52,8 @@ def build_api(settings: Settings, manager: SandboxManager, request_log: RequestL
         app.include_router(template_router)
     app.include_router(control.metrics_router)
     app.include_router(artifact_router)
+    app.include_router(faults.router)
+    app.include_router(ui.router)
     for r in (router, pool_router):
         app.include_router(r, prefix="/v1/namespaces/{namespace}")
         app.include_router(r)

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, StrictFloat, StrictInt
+from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt
 
 from emulator import metrics
 from emulator.api import validation
@@ -28,14 +28,18 @@ metrics_router = APIRouter()
 
 
 class ResetReport(BaseModel):
-    """What a reset removed; ids of sandboxes whose records went, of those that were still live, and so on."""
+    """What a reset removed; ids of sandboxes whose records went, of those that were still live, and so
+    on. Keys a reset step of another part adds (manager/reset.py) are kept."""
+
+    model_config = ConfigDict(extra="allow")
 
     sandboxes: list[str]
     terminated: list[str]
     snapshots: list[str]
     pools: list[str]
     file_systems: list[str]
-    images: list[str] = []  # sandbox images built in the scope (ids)
+    images: list[str]  # sandbox images built in the scope (ids)
+    faults: list[str]
     errors: list[str]
     seconds: float
 

@@ -11,6 +11,7 @@ from emulator.agent_client import AgentClients
 from emulator.backend.base import EngineInfo, RuntimeBackend
 from emulator.checkpoints.engine import CheckpointEngine
 from emulator.config import Settings
+from emulator.manager.fault_table import FaultTable
 from emulator.manager.pool_table import PoolTable
 from emulator.manager.run_dirs import RunDirs
 from emulator.manager.table import SandboxTable
@@ -34,6 +35,7 @@ class ManagerContext:
     run_dirs: RunDirs
     pools: PoolTable
     tasks: TaskSet = field(default_factory=TaskSet)
+    faults: FaultTable = field(default_factory=FaultTable)  # injected faults (manager/faults.py)
     engine: EngineInfo | None = None
     # why the last suspend or resume of a sandbox failed, read once by the API
     transition_errors: dict[str, str] = field(default_factory=dict)

@@ -7,8 +7,9 @@ import logging
 
 from emulator.backend.base import LABEL_NAMESPACE, LABEL_POOL, LABEL_SESSION, ContainerSpec
 from emulator.errors import EmulatorError
-from emulator.manager import egress
+from emulator.manager import egress, faults
 from emulator.manager.context import ManagerContext
+from emulator.model.faults import Fault
 from emulator.model.records import SandboxRecord, SnapshotRecord
 from emulator.model.runtimes import image_runtime
 from emulator.model.states import SandboxStatus
@@ -34,12 +35,16 @@ def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> Conta
     )
 
 
-async def launch(ctx: ManagerContext, rec: SandboxRecord, snap: SnapshotRecord | None) -> None:
+async def launch(ctx: ManagerContext, rec: SandboxRecord, snap: SnapshotRecord | None,
+                 fault: Fault | None = None) -> None:
     """pending -> running once the agent answers; any failure terminates with the reason on record.
 
-    A terminate during the launch (the record leaves pending) stops it and removes what it made.
+    A terminate during the launch (the record leaves pending) stops it and removes what it made. An
+    injected create `fault` acts first, before anything is made (manager/faults.py).
     """
     try:
+        if fault is not None and not await faults.hold_launch(ctx, rec, fault):
+            return
         async with ctx.table.lock(rec.id):
             if rec.status != SandboxStatus.pending:
                 return  # cancelled before it started

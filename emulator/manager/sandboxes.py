@@ -30,7 +30,7 @@ from emulator.errors import (
     SandboxNotReady,
     SandboxNotRunning,
 )
-from emulator.manager import egress, reaper, reserve, suspension, warm, watch
+from emulator.manager import egress, faults, peek, reaper, reserve, suspension, warm, watch
 from emulator.manager.context import ManagerContext
 from emulator.manager.file_systems import FileSystems
 from emulator.manager.images import ImageService
@@ -38,6 +38,7 @@ from emulator.manager.launch import launch
 from emulator.manager.pool_table import PoolTable
 from emulator.manager.pools import PoolManager
 from emulator.manager.reconcile import reconcile
+from emulator.manager.reset import ResetScope, ResetStep, default_steps
 from emulator.manager.reset import reset as reset_scope
 from emulator.manager.run_dirs import RunDirs
 from emulator.manager.table import SandboxTable
@@ -73,6 +74,9 @@ class SandboxManager:
         self.images: ImageService | None = None  # set by the server; a reset removes its images too
         self.file_systems = FileSystems(self._ctx, store)
         self._ctx.file_systems = self.file_systems
+        self._reset_steps: list[ResetStep] = default_steps(self.terminate)
+        self.faults = faults.FaultControl(self._ctx)  # injected faults: the API's and the proxy's way in
+        self.add_reset_step(self._images_step, before=None)
 
     @property
     def settings(self) -> Settings:
@@ -134,16 +138,24 @@ class SandboxManager:
         return fired
 
     async def reset(self, namespace: str | None, session: str | None) -> dict[str, Any]:
-        """Terminate and delete every sandbox and snapshot of a namespace and/or a session label
-        (None: any); the report of manager/reset.py."""
-        report = await reset_scope(self._ctx, self.terminate, namespace, session)
-        if self.images is not None:  # the sandbox images built in that scope go too (manager/images.py)
-            try:
-                report["images"] = await self.images.reset(namespace, session)
-            except EmulatorError as exc:
-                report["images"] = []
-                report["errors"].append(f"images: {exc.message}")
-        return report
+        """Terminate and delete every sandbox, pool, snapshot, file system, built image and fault of a
+        namespace and/or a session label (None: any); the report of manager/reset.py."""
+        return await reset_scope(self._ctx, self._reset_steps, namespace, session)
+
+    def add_reset_step(self, step: ResetStep, before: str | None = "forget_step") -> None:
+        """Run `step(ctx, scope, report)` in every reset (built images): before the step of that
+        function name (default: before the sandbox records are forgotten), or last."""
+        names = [getattr(s, "__name__", "") for s in self._reset_steps]
+        self._reset_steps.insert(names.index(before) if before in names else len(names), step)
+
+    async def _images_step(self, ctx: ManagerContext, scope: ResetScope, report: dict[str, list[str]]) -> None:
+        """The reset step of the sandbox images built in the scope (manager/images.py), run last."""
+        if self.images is None:
+            return
+        try:
+            report["images"].extend(await self.images.reset(scope.namespace, scope.session))
+        except EmulatorError as exc:
+            report["errors"].append(f"images: {exc.message}")
 
     async def keep_pools_once(self) -> None:
         """One pass of the pool reconciler (queued claims, warm targets): what its task does each second."""
@@ -163,6 +175,14 @@ class SandboxManager:
 
     def resolve_route(self, ident: str) -> SandboxRecord:
         return self._ctx.table.resolve_route(ident)
+
+    def all_pools(self) -> list[Any]:
+        """Every user pool (PoolRecord) of every namespace, not the emulator's own warm reserve (dashboard)."""
+        return [p for p in self._ctx.pools if not p.reserve]
+
+    async def agent_json(self, sandbox_id: str, path: str) -> Any:
+        """GET `path` from a running sandbox's agent without waking it (the dashboard); manager/peek.py."""
+        return await peek.agent_json(self._ctx, sandbox_id, path)
 
     # ---- create ------------------------------------------------------------------------------
 
@@ -211,9 +231,10 @@ class SandboxManager:
         if snap is None and not await ctx.backend.image_exists(image):
             raise ImageNotFound(f"Image '{image}' not found locally; no registry is reachable, so build or "
                                 "load it into Docker first (docker images lists what is there)")
+        fault = faults.take_create(ctx, namespace, spec.name, spec.session_label)
         # A running container of the warm reserve when one fits (manager/reserve.py), else a launch.
-        warm_entry = None if snap is not None else await reserve.take(ctx, namespace, spec, image,
-                                                                      self.pools.take_warm)
+        warm_entry = None if snap is not None or fault is not None else await reserve.take(
+            ctx, namespace, spec, image, self.pools.take_warm)
         rec = SandboxRecord(
             id=warm_entry.sandbox_id if warm_entry else new_sandbox_id(), namespace=namespace, name=spec.name,
             image=image, **spec.resolve(base), auto_resume=True if spec.auto_resume is None else spec.auto_resume,
@@ -230,7 +251,8 @@ class SandboxManager:
             metrics.count("create", "success", time.monotonic() - t0)
             self.pools.wake.set()  # refill the reserve
         else:
-            ctx.tasks.spawn("launch", rec.id, metrics.timed("restore" if snap else "create", launch(ctx, rec, snap),
+            ctx.tasks.spawn("launch", rec.id, metrics.timed("restore" if snap else "create",
+                                                            launch(ctx, rec, snap, fault),
                                                             ok=lambda: rec.status == S.running))
         return rec
 

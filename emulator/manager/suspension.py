@@ -7,7 +7,7 @@ import logging
 
 from emulator import metrics
 from emulator.errors import EmulatorError, EphemeralSandbox, InvalidState
-from emulator.manager import egress
+from emulator.manager import egress, faults
 from emulator.manager.context import ManagerContext
 from emulator.model.records import SandboxRecord, SnapshotRecord
 from emulator.model.states import SandboxStatus
@@ -45,6 +45,7 @@ async def _do_suspend(ctx: ManagerContext, rec: SandboxRecord) -> None:
         try:
             # CRIU cannot dump a unix socket connected to the host: drop the proxy's pool first
             # (an open follow stream is cut here; following again after resume replays it all).
+            await faults.before_transition(ctx, "suspend", rec)
             await ctx.agents.close(rec.id)
             await _unmount(ctx, rec)
             await ctx.checkpoints.suspend(rec)
@@ -82,6 +83,7 @@ async def _do_resume(ctx: ManagerContext, rec: SandboxRecord) -> None:
             return  # terminated meanwhile
         try:
             # The agent's listening socket is re-created by the restore; a stale entry is in the way.
+            await faults.before_transition(ctx, "resume", rec)
             ctx.run_dirs.clear_socket(rec.id)
             await ctx.checkpoints.resume(rec)
             await _remount(ctx, rec)  # the dump was taken without them (below)
@@ -120,6 +122,8 @@ async def start_snapshot(ctx: ManagerContext, rec: SandboxRecord, snapshot_type:
 async def _do_snapshot(ctx: ManagerContext, rec: SandboxRecord, snap: SnapshotRecord) -> None:
     async with ctx.table.lock(rec.id):
         try:
+            if await faults.checkpoint_failed(ctx, rec, snap):
+                return
             if snap.snapshot_type == "memory":
                 await ctx.agents.close(rec.id)
                 await _unmount(ctx, rec)

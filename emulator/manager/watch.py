@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 RETRY_S = (1, 2, 5, 10, 30)  # back-off of the event watch after the stream fails
 
 
+def oom_cause(rec: SandboxRecord) -> tuple[str, str]:
+    """The termination reason and details of a sandbox the OOM killer ended (also an injected oom_kill)."""
+    return "oom_killed", f"its container ran out of memory ({rec.memory_mb} MiB) and was killed"
+
+
 async def check_dead(ctx: ManagerContext, rec: SandboxRecord) -> bool:
     """True (and the record terminated with the cause) when a running sandbox's container is gone
     or stopped. Sandboxes in a transition (dump, restore, resize: their lock is held) are left alone:
@@ -35,7 +40,7 @@ async def check_dead(ctx: ManagerContext, rec: SandboxRecord) -> bool:
     if state is None:
         reason, detail = "container_lost", "its container was removed from outside the emulator"
     elif state.oom_killed:
-        reason, detail = "oom_killed", f"its container ran out of memory ({rec.memory_mb} MiB) and was killed"
+        reason, detail = oom_cause(rec)
     else:
         reason, detail = "container_exited", f"its container exited (code {state.exit_code})"
     log.warning("sandbox %s died: %s", rec.id, detail)

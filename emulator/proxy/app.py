@@ -71,7 +71,18 @@ class ProxyApp:
         except EmulatorError as exc:
             await _send_error(send, exc.status, exc.message, exc.code)
             return
-        await self._forward(scope, receive, send, headers, sandbox_id, sock)
+        fault = self.manager.faults.for_proxy(sandbox_id, scope["method"], scope["path"])
+        if fault is not None and fault.kind == "proxy_error":
+            # As a gateway in front of the sandbox answers: nothing reached the agent (what makes the
+            # SDK's retry of 502/503/504 safe), the body is read and dropped.
+            with contextlib.suppress(ClientGone):
+                async for _ in _request_body(receive):
+                    pass
+            code, text = _GATEWAY_ERRORS[fault.status]
+            await _send_error(send, fault.status, fault.message or text, code)
+            return
+        await self._forward(scope, receive, send, headers, sandbox_id, sock,
+                            cut_after=fault.after_bytes if fault is not None else None)
 
     def _wrong_port_hint(self) -> str:
         settings = self.manager.settings
@@ -85,7 +96,9 @@ class ProxyApp:
         return rec.id, sock
 
     async def _forward(self, scope: dict[str, Any], receive: Any, send: Any, headers: dict[bytes, bytes],
-                       sandbox_id: str, sock: Any) -> None:
+                       sandbox_id: str, sock: Any, cut_after: int | None = None) -> None:
+        """Relay one request; `cut_after` (an injected proxy_cut): end the connection after that many
+        bytes of the answer's body, as a network cut would."""
         client = self.agents.get(sandbox_id, sock)
         path = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
@@ -128,7 +141,15 @@ class ProxyApp:
                            if k.lower() not in _RESP_HOP]
             await send({"type": "http.response.start", "status": response.status_code, "headers": out_headers})
             started = True
+            sent = 0
             async for chunk in response.aiter_raw():
+                if cut_after is not None and sent + len(chunk) >= cut_after:
+                    if cut_after > sent:
+                        await send({"type": "http.response.body", "body": chunk[: cut_after - sent],
+                                    "more_body": True})
+                    log.info("fault: answer of %s cut after %d bytes", sandbox_id, cut_after)
+                    return  # the response is left unfinished: the server drops the connection
+                sent += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (httpx.HTTPError, OSError) as exc:
@@ -153,6 +174,16 @@ class ProxyApp:
 # Failures where the request provably never left the proxy: a 503 there means "nothing happened", which is
 # what makes the SDK's retry safe.
 _NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+# Injected proxy errors (manager/faults.py): the code and message a gateway would answer.
+_GATEWAY_ERRORS = {
+    429: ("TOO_MANY_REQUESTS", "Too many requests"),
+    500: ("INTERNAL", "Internal error"),
+    502: ("BAD_GATEWAY", "Bad gateway: the sandbox did not answer the proxy"),
+    503: ("SERVICE_UNAVAILABLE", "Service unavailable"),
+    504: ("GATEWAY_TIMEOUT", "Gateway timeout: the sandbox did not answer in time"),
+}
 
 
 class _ClientClosed(Exception):

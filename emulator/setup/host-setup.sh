@@ -6,6 +6,7 @@
 #   3b. gVisor: runsc registered with Docker as the runtime "runsc" (optional: without it runc only)
 #   4. in a source checkout only: the project's Python environment (.venv) with the pinned SDK for the tests
 #   5. the in-sandbox agent: one static Go executable in build/agent (agent-build.sh; golang-go if missing)
+#   6. with --for-tests only (./run test): Debian's chromium, the headless browser of the dashboard tests
 # Every stage prints one line and skips itself when its work is already done; long ones say they are alive.
 # Everything it runs ships inside the package (this folder), so an installed wheel sets a host up alone.
 set -uo pipefail
@@ -140,6 +141,17 @@ fi
 
 # ---- 5. the in-sandbox agent -------------------------------------------------------------------
 bash "$HERE/agent-build.sh" || die "agent build"
+
+# ---- 6. test-only tools (--for-tests, what ./run test passes) ---------------------------------
+if [ "${1:-}" = "--for-tests" ]; then
+  if command -v chromium >/dev/null 2>&1; then
+    say "chromium: present (dashboard tests)"
+  else
+    say "chromium: installing Debian's package for the dashboard tests (tests/test_ui.py)"
+    with_progress "chromium" apt_install --no-install-recommends chromium
+    say "chromium: ready"
+  fi
+fi
 
 # ---- 2b. wait for CRIU ------------------------------------------------------------------------
 start=$SECONDS

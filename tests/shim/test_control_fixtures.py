@@ -1,4 +1,5 @@
-"""The control fixtures of the pytest plugin (`tensorlake_control`, `tensorlake_clean`), used as a user would:
+"""The control fixtures of the pytest plugin (`tensorlake_control`, `tensorlake_clean`, `tensorlake_faults`),
+used as a user would:
 a generated test file run by pytest in a subprocess with its own emulator."""
 
 from __future__ import annotations
@@ -49,6 +50,21 @@ def test_3_clock_and_metrics(tensorlake_control, tensorlake_emulator):
         tensorlake_control.reset()
     report = tensorlake_control.reset_session()
     (OUT / "reset.json").write_text(json.dumps(report))
+
+
+def test_4_faults_scoped_to_the_session(tensorlake_faults, tensorlake_emulator, tensorlake_control):
+    from tensorlake.sandbox import SandboxError
+
+    made = tensorlake_faults.inject("create_fail", reason="ConfigurationError", count=1)
+    assert made["session"] == tensorlake_control.session_label
+    with pytest.raises(SandboxError) as err:
+        Sandbox.create(**tensorlake_emulator.sdk_kwargs())
+    assert err.value.reason == "ConfigurationError"
+    STATE["left"] = tensorlake_faults.inject("suspend_slow", delay_secs=1)["id"]
+
+
+def test_5_the_faults_fixture_removed_its_faults(tensorlake_control):
+    assert STATE["left"] not in [f["id"] for f in tensorlake_control.faults()]
 '''
 
 
@@ -56,6 +72,6 @@ def test_control_fixtures_reset_advance_and_query(inner: Inner) -> None:
     inner.write(INNER_TEST)
     res = inner.run()
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "3 passed" in res.stdout, res.stdout
+    assert "5 passed" in res.stdout, res.stdout
     report = json.loads((inner.out / "reset.json").read_text())
     assert report["terminated"] == [] and report["errors"] == [] and len(report["sandboxes"]) == 1
