@@ -103,6 +103,10 @@ def test_mounts_at_create_read_only_shared_and_outliving(emulator: EmulatorProce
     try:
         assert [(m.file_system_id, m.mount_path, m.read_only) for m in a.list_file_systems()] == \
             [(fs_name, "/mnt/data", False), (fs_name, "/mnt/ro", True)]
+        # the dashboard's listing (api/ui.py) names the sandbox that mounts it
+        with urllib.request.urlopen(f"{emulator.api_url}/emulator/file-systems", timeout=10) as r:
+            listed = {f["name"]: f for f in json.loads(r.read())["file_systems"]}
+        assert listed[fs_name]["mounted_by"] == [a.sandbox_id]
         assert _sh(a, "echo hello > /mnt/data/greeting.txt")[0] == 0
         code, out = _sh(a, "echo no > /mnt/ro/x.txt")
         assert code != 0 and "Read-only file system" in out

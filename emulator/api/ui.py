@@ -5,6 +5,8 @@ read-only routes it needs beyond the lifecycle API and the other `/emulator/` ro
     GET /emulator/ui/{ui.js,ui.css}                    its script and style
     GET /emulator/inventory                            {"now_ms", "sandboxes": [SandboxInfo], "snapshots":
                                                         [SnapshotInfo], "pools": [PoolInfo]} of every namespace
+    GET /emulator/file-systems                         {"file_systems": [{name, project, status, created_at,
+                                                        mounted_by}]}
     GET /emulator/sandboxes/{id}/processes             the agent's {"processes": [ProcessInfo]}
     GET /emulator/sandboxes/{id}/processes/{pid}/output  the agent's {"pid", "lines", "line_count"}
 
@@ -63,6 +65,16 @@ async def inventory(request: Request) -> JSONResponse:
         "snapshots": [wire.snapshot_info(x).model_dump(mode="json") for x in snapshots],
         "pools": [pool_info(p, mgr.pools.containers(p)).model_dump(mode="json") for p in mgr.all_pools()],
     })
+
+
+@router.get("/file-systems")
+async def file_systems(request: Request) -> JSONResponse:
+    """Every file system (docs/protocol.md §6.9) with the live sandboxes that mount it:
+    {"file_systems": [{"name", "project", "status", "created_at" (epoch ms), "mounted_by": [ids]}]}."""
+    fs = _mgr(request).file_systems
+    return JSONResponse({"file_systems": [
+        {"name": r.name, "project": r.project, "status": r.status, "created_at": r.created_at,
+         "mounted_by": fs.users(r.name)} for r in fs.all()]})
 
 
 @router.get("/sandboxes/{sandbox_id}/processes")

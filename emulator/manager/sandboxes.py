@@ -24,13 +24,12 @@ from emulator.errors import (
     BadRequest,
     EmulatorError,
     ImageNotFound,
-    InvalidState,
     RuntimeMissing,
     SandboxNotFound,
     SandboxNotReady,
     SandboxNotRunning,
 )
-from emulator.manager import egress, faults, peek, reaper, reserve, suspension, warm, watch
+from emulator.manager import egress, faults, peek, reaper, reserve, suspension, update, warm, watch
 from emulator.manager.context import ManagerContext
 from emulator.manager.file_systems import FileSystems
 from emulator.manager.images import ImageService
@@ -43,7 +42,7 @@ from emulator.manager.reset import reset as reset_scope
 from emulator.manager.run_dirs import RunDirs
 from emulator.manager.table import SandboxTable
 from emulator.model.ids import new_sandbox_id
-from emulator.model.records import ResourceResize, SandboxOptions, SandboxRecord, SnapshotRecord, now_ms
+from emulator.model.records import SandboxOptions, SandboxRecord, SnapshotRecord, now_ms
 from emulator.model.runtimes import split_image
 from emulator.model.spec import SandboxSpec
 from emulator.model.states import SandboxStatus
@@ -272,49 +271,9 @@ class SandboxManager:
     # ---- update ------------------------------------------------------------------------------
 
     async def update(self, rec: SandboxRecord, changes: dict[str, Any]) -> SandboxRecord:
-        """PATCH (docs/protocol.md §6.3): name, auto_resume, ports, auth, network policy, or resources alone."""
-        if not rec.live:
-            raise InvalidState(f"Sandbox {rec.id} is terminated")
-        if "resources" in changes:
-            return await self._resize(rec, changes["resources"] or {})
-        if "name" in changes:
-            name = changes["name"]
-            if name is None:
-                raise BadRequest("name cannot be null")
-            self._ctx.table.check_name(rec.namespace, name, exclude=rec.id)
-        if changes.get("auto_resume") is False and not (changes.get("name") or rec.name):
-            raise BadRequest("auto_resume=false requires a named sandbox")
-        if "network" in changes:
-            # Enforced first: a policy that cannot be put in force changes nothing at all.
-            await egress.update(self._ctx, rec, changes["network"])
-        for key in ("name", "auto_resume", "exposed_ports", "allow_unauthenticated_access"):
-            if key in changes and changes[key] is not None:
-                setattr(rec, key, changes[key])
-        await self._ctx.table.save(rec)
-        return rec
-
-    async def _resize(self, rec: SandboxRecord, res: dict[str, Any]) -> SandboxRecord:
-        cpus = res.get("cpus", rec.cpus)
-        memory_mb = res.get("memory_mb", rec.memory_mb)
-        disk_mb = res.get("disk_mb", rec.disk_mb)
-        self._check_resources(cpus, memory_mb)
-        if disk_mb != rec.disk_mb:
-            raise BadRequest("disk_mb cannot be changed on a live sandbox by this emulator")
-        gen = (rec.resource_resize.generation + 1) if rec.resource_resize else 1
-        requested = {"cpus": cpus, "memory_mb": memory_mb, "disk_mb": disk_mb}
-        async with self._ctx.table.lock(rec.id):
-            if rec.status != S.running or not rec.container_id:
-                raise InvalidState(f"Sandbox {rec.id} can be resized only while running (it is {rec.status})")
-            try:
-                await self._ctx.backend.update_resources(rec.container_id, cpus, memory_mb)
-            except EmulatorError as exc:
-                rec.resource_resize = ResourceResize(generation=gen, requested=requested, status="failed",
-                                                     error_message=exc.message)
-            else:
-                rec.cpus, rec.memory_mb = cpus, memory_mb
-                rec.resource_resize = ResourceResize(generation=gen, requested=requested, status="succeeded")
-            await self._ctx.table.save(rec)
-        return rec
+        """PATCH (docs/protocol.md §6.3): name, auto_resume, ports, auth, network policy, or resources alone
+        (manager/update.py). Raises InvalidState, BadRequest, Conflict (a taken name)."""
+        return await update.apply(self._ctx, rec, changes, self._check_resources)
 
     # ---- terminate ---------------------------------------------------------------------------
 

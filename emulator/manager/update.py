@@ -1,0 +1,67 @@
+"""Changing a live sandbox (PATCH, docs/protocol.md §6.3): its name, auto_resume, exposed ports,
+authentication, network policy, or its resources alone (a live resize of the container's limits)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from emulator.errors import BadRequest, EmulatorError, InvalidState
+from emulator.manager import egress
+from emulator.manager.context import ManagerContext
+from emulator.model.records import ResourceResize, SandboxRecord
+from emulator.model.states import SandboxStatus
+
+CheckResources = Callable[[float | None, int | None], None]
+
+
+async def apply(ctx: ManagerContext, rec: SandboxRecord, changes: dict[str, Any],
+                check_resources: CheckResources) -> SandboxRecord:
+    """Apply the PATCH body `changes` to `rec` and save it. `check_resources(cpus, memory_mb)` raises
+    BadRequest for limits the host cannot give. Raises InvalidState (terminated), BadRequest."""
+    if not rec.live:
+        raise InvalidState(f"Sandbox {rec.id} is terminated")
+    if "resources" in changes:
+        return await _resize(ctx, rec, changes["resources"] or {}, check_resources)
+    if "name" in changes:
+        name = changes["name"]
+        if name is None:
+            raise BadRequest("name cannot be null")
+        ctx.table.check_name(rec.namespace, name, exclude=rec.id)
+    if changes.get("auto_resume") is False and not (changes.get("name") or rec.name):
+        raise BadRequest("auto_resume=false requires a named sandbox")
+    if "network" in changes:
+        # Enforced first: a policy that cannot be put in force changes nothing at all.
+        await egress.update(ctx, rec, changes["network"])
+    for key in ("name", "auto_resume", "exposed_ports", "allow_unauthenticated_access"):
+        if key in changes and changes[key] is not None:
+            setattr(rec, key, changes[key])
+    await ctx.table.save(rec)
+    return rec
+
+
+async def _resize(ctx: ManagerContext, rec: SandboxRecord, res: dict[str, Any],
+                  check_resources: CheckResources) -> SandboxRecord:
+    """A live resize: the outcome is on record as `resource_resize` (succeeded or failed, with a generation
+    the SDK polls), not raised, as the service reports it."""
+    cpus = res.get("cpus", rec.cpus)
+    memory_mb = res.get("memory_mb", rec.memory_mb)
+    disk_mb = res.get("disk_mb", rec.disk_mb)
+    check_resources(cpus, memory_mb)
+    if disk_mb != rec.disk_mb:
+        raise BadRequest("disk_mb cannot be changed on a live sandbox by this emulator")
+    gen = (rec.resource_resize.generation + 1) if rec.resource_resize else 1
+    requested = {"cpus": cpus, "memory_mb": memory_mb, "disk_mb": disk_mb}
+    async with ctx.table.lock(rec.id):
+        if rec.status != SandboxStatus.running or not rec.container_id:
+            raise InvalidState(f"Sandbox {rec.id} can be resized only while running (it is {rec.status})")
+        try:
+            await ctx.backend.update_resources(rec.container_id, cpus, memory_mb)
+        except EmulatorError as exc:
+            rec.resource_resize = ResourceResize(generation=gen, requested=requested, status="failed",
+                                                 error_message=exc.message)
+        else:
+            rec.cpus, rec.memory_mb = cpus, memory_mb
+            rec.resource_resize = ResourceResize(generation=gen, requested=requested, status="succeeded")
+        await ctx.table.save(rec)
+    return rec
