@@ -167,7 +167,7 @@ def _mini_image(kind: str, static: bool) -> TestImage:
                 shutil.copy2(debs / "lib" / MUSL_TRIPLE / "libc.so", root / "lib" / MUSL_TRIPLE / "libc.so")
                 (root / "lib" / "ld-musl-x86_64.so.1").symlink_to(f"{MUSL_TRIPLE}/libc.so")
                 _base_dirs(root)
-            _import(root, ref, [f"ENV PATH=/usr/bin:/bin" if not static else "ENV PATH=/"])
+            _import(root, ref, ["ENV PATH=/usr/bin:/bin" if not static else "ENV PATH=/"])
         finally:
             shutil.rmtree(debs, ignore_errors=True)
             shutil.rmtree(root, ignore_errors=True)
@@ -208,7 +208,8 @@ def _retarget(saved: bytes, ref: str, arch: str) -> bytes:
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as dst:
         for member in src.getmembers():
-            if member.name in ("manifest.json", "repositories") or member.name.endswith(".json") and "/" not in member.name:
+            top_json = member.name.endswith(".json") and "/" not in member.name  # the manifest, the old config
+            if top_json or member.name == "repositories":
                 continue
             dst.addfile(member, src.extractfile(member) if member.isfile() else None)
         for fname, data in ((name, raw), ("manifest.json", json.dumps(manifest).encode())):
