@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import httpcore
 import httpx
@@ -18,6 +19,7 @@ from emulator.agent_channel import AGENT_SOCKET_NAME, AgentEndpoint, AgentPids, 
 
 # Streams (follow, run, big files) have no total limit; only connecting is bounded.
 _TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=None, pool=10.0)
+ALIVE_EVERY = 0.25  # seconds between checks that a starting agent's container still runs
 _LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=16)
 
 
@@ -68,16 +70,24 @@ class AgentClients:
         except httpx.HTTPError:
             return False
 
-    async def wait_healthy(self, endpoint: AgentEndpoint, timeout: float) -> bool:
-        """Poll the agent's health until it answers 200 or `timeout` seconds pass."""
+    async def wait_healthy(self, endpoint: AgentEndpoint, timeout: float,
+                           alive: Callable[[], Awaitable[bool]] | None = None) -> bool:
+        """Poll the agent's health until it answers 200 (True), `timeout` seconds pass, or `alive()`
+        (asked every ALIVE_EVERY seconds) says the agent is gone (both False: an agent that exited at start
+        is reported at once, not after the whole start-up timeout)."""
         started = time.monotonic()
         deadline = started + timeout
+        next_alive = started + ALIVE_EVERY
         # Short, capped steps: a poll costs one failed open() until the agent binds, and a long step
         # would add its length to every create (the agent binds 60-100 ms after the container starts).
         delay = 0.005
         while time.monotonic() < deadline:
             if await self.healthy(endpoint):
                 return True
+            if alive is not None and time.monotonic() >= next_alive:
+                if not await alive():
+                    return await self.healthy(endpoint)  # it may have answered just before exiting
+                next_alive = time.monotonic() + ALIVE_EVERY
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.01 if time.monotonic() - started < 2 else 0.2)
         return False

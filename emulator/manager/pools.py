@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from emulator.errors import BadRequest, ImageNotFound, PoolInUse
-from emulator.manager import warm
+from emulator.errors import BadRequest, PoolInUse
+from emulator.manager import images, warm
 from emulator.manager.context import ManagerContext
 from emulator.manager.launch import launch
 from emulator.model.ids import new_sandbox_id
@@ -82,9 +82,7 @@ class PoolManager:
         if config.max_containers is not None and warm_n > config.max_containers:
             raise BadRequest(f"warm_containers ({warm_n}) cannot exceed max_containers ({config.max_containers})")
         image = spec.image or image or self._ctx.settings.default_image
-        if not await self._ctx.backend.image_exists(image):
-            raise ImageNotFound(f"Image '{image}' not found locally; no registry is reachable, so build or "
-                                "load it into Docker first (docker images lists what is there)")
+        await images.check_image(self._ctx, image)  # ImageNotFound, ImageIncompatible
         return {**spec.resolve(base), "image": image, "max_containers": config.max_containers,
                 "warm_containers": warm_n, "secret_names": config.secret_names}
 

@@ -23,14 +23,13 @@ from emulator.config import Settings
 from emulator.errors import (
     BadRequest,
     EmulatorError,
-    ImageNotFound,
     InvalidState,
     RuntimeMissing,
     SandboxNotFound,
     SandboxNotReady,
     SandboxNotRunning,
 )
-from emulator.manager import egress, reaper, reserve, suspension, warm, watch
+from emulator.manager import egress, images, reaper, reserve, suspension, warm, watch
 from emulator.manager.context import ManagerContext
 from emulator.manager.launch import launch
 from emulator.manager.pool_table import PoolTable
@@ -163,7 +162,7 @@ class SandboxManager:
 
     async def create(self, namespace: str, spec: SandboxSpec) -> SandboxRecord:
         """A pending sandbox record, its launch started. Raises BadRequest, NameConflict, NotFound
-        (snapshot), ImageNotFound, RuntimeMissing, NotSupported (memory snapshot without CRIU)."""
+        (snapshot), ImageNotFound, ImageIncompatible, RuntimeMissing, NotSupported (memory snapshot without CRIU)."""
         ctx, t0 = self._ctx, time.monotonic()
         if spec.name is not None:
             ctx.table.check_name(namespace, spec.name)
@@ -187,9 +186,8 @@ class SandboxManager:
         if self.settings.runtime not in ctx.engine.runtimes:
             raise RuntimeMissing(f"Container runtime '{self.settings.runtime}' is not installed in the Docker "
                                  f"engine (available: {', '.join(ctx.engine.runtimes)})")
-        if snap is None and not await ctx.backend.image_exists(image):
-            raise ImageNotFound(f"Image '{image}' not found locally; no registry is reachable, so build or "
-                                "load it into Docker first (docker images lists what is there)")
+        if snap is None:
+            await images.check_image(ctx, image)  # ImageNotFound, ImageIncompatible (another architecture)
         # A running container of the warm reserve when one fits (manager/reserve.py), else a launch.
         warm_entry = None if snap is not None else await reserve.take(ctx, namespace, spec, image,
                                                                       self.pools.take_warm)
