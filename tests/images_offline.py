@@ -219,6 +219,22 @@ def _retarget(saved: bytes, ref: str, arch: str) -> bytes:
     return out.getvalue()
 
 
+def broken_layout() -> str:
+    """A busybox image whose /.tle is a regular file: the sandbox's agent mounts cannot be made in it, so
+    it cannot run the agent whatever form the agent takes (runc refuses the start)."""
+    base = busybox()
+    ref = f"tle-test/broken-layout:{base.ref.split(':')[1]}"
+    if not _exists(ref):
+        root = Path(tempfile.mkdtemp(prefix="tle-rootfs-"))
+        try:
+            _base_dirs(root)
+            (root / ".tle").write_bytes(b"not a folder\n")
+            _import(root, ref)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    return ref
+
+
 def remove_all() -> int:
     """Remove every image labelled as a test image; returns how many were removed."""
     ids = subprocess.run(["docker", "images", "-q", "--filter", f"label={LABEL}=1"],
@@ -235,3 +251,4 @@ if __name__ == "__main__":
         for build in (busybox, musl, binary):
             print(build())
         print(foreign_arch())
+        print(broken_layout())

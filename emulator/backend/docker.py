@@ -104,13 +104,17 @@ class DockerBackend:
     async def path_exists(self, container_id: str, path: str) -> bool:
         """Whether `path` exists in a created container's filesystem (`HEAD /containers/{id}/archive`,
         answered from the image's layers without starting anything). A link counts as existing."""
+        # The raw session: a HEAD answer has no body, which aiodocker's error path tries to parse as JSON.
         try:
-            async with self.docker._query(f"containers/{container_id}/archive", "HEAD", params={"path": path}):
-                return True
-        except DockerError as exc:
-            if exc.status == 404:
-                return False
-            raise BackendUnavailable(f"Docker could not look into the container: {exc.message}") from exc
+            await self.docker._check_version()
+            url = self.docker._canonicalize_url(f"containers/{container_id}/archive", versioned_api=True)
+            async with self.docker.session.request("HEAD", url, params={"path": path}) as resp:
+                status = resp.status
+        except (DockerError, aiohttp.ClientError) as exc:
+            raise BackendUnavailable(f"Docker could not look into the container: {exc}") from exc
+        if status in (200, 404):
+            return status == 200
+        raise BackendUnavailable(f"Docker could not look into the container: HTTP {status} for {path}")
 
     async def image_exists(self, image: str) -> bool:
         try:
