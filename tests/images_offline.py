@@ -105,6 +105,17 @@ def _import(rootfs: Path, ref: str, changes: list[str] = (), platform: str | Non
     tar.wait()
     if res.returncode != 0 or tar.returncode != 0:
         raise ImageBuildError(f"docker import {ref} failed: {res.stderr.decode(errors='replace')[-500:]}")
+    _drop_stale(ref)
+
+
+def _drop_stale(ref: str) -> None:
+    """Remove the other tags of ref's repository that carry our label (builds of older inputs)."""
+    repo = ref.rsplit(":", 1)[0]
+    tags = subprocess.run(["docker", "images", "--filter", f"label={LABEL}=1", "--format", "{{.Tag}}", repo],
+                          capture_output=True, text=True).stdout.split()
+    stale = [f"{repo}:{t}" for t in tags if f"{repo}:{t}" != ref]
+    if stale:
+        subprocess.run(["docker", "image", "rm", *stale], capture_output=True)
 
 
 def _base_dirs(root: Path) -> None:

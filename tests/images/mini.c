@@ -35,7 +35,11 @@ static int serve(int port) {
         int c = accept(s, NULL, NULL);
         if (c < 0)
             continue;
+        char req[4096];
+        /* Read what the client sent first: closing with unread input would reset the connection. */
+        (void)!read(c, req, sizeof req);
         (void)!write(c, "mini-served\n", 12);
+        shutdown(c, SHUT_WR);
         close(c);
     }
 }
