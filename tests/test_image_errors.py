@@ -10,6 +10,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+import warnings
 from typing import Any
 
 import pytest
@@ -112,3 +113,17 @@ def test_image_without_python_under_the_python_agent(emulator: EmulatorProcess, 
     if info["status"] == "running":
         pytest.skip("the emulator's agent runs in an image without python3 (the static agent)")
     assert "IMAGE_INCOMPATIBLE" in str(info) and "python3" in info["error_details"], json.dumps(info)
+
+
+def test_pool_of_a_foreign_image_is_refused(emulator: EmulatorProcess, images: Any) -> None:
+    from tensorlake.sandbox import SandboxClient
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # pools live on the deprecated client only
+        client = SandboxClient(api_url=emulator.api_url, request_timeout=T)
+    try:
+        with pytest.raises(SandboxError) as err:
+            client.create_pool(image=images_offline.foreign_arch("arm64"), cpus=0.5, memory_mb=256)
+        assert "linux/arm64" in str(err.value)
+    finally:
+        client.close()
