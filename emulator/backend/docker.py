@@ -36,20 +36,20 @@ _ARCH_NAMES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "
                "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
 
 
-def _runtime_unknown(message: str) -> bool:
-    """Docker's answer when the configured runtime is not registered ("Unknown runtime specified runsc").
-    Only that is RUNTIME_NOT_AVAILABLE: an OCI error names runc ("OCI runtime create failed: ...") for any
+def _runtime_unknown(message: str, runtime: str) -> bool:
+    """Docker's answer when the configured runtime is missing: not registered ("Unknown runtime specified
+    runsc") or registered but its executable absent (`exec: "runsc": executable file not found`). Only
+    that is RUNTIME_NOT_AVAILABLE: an OCI error names runc ("OCI runtime create failed: ...") for any
     failure of the container's own start, an exec refused in the image as much as a missing runtime."""
     low = message.lower()
-    return "unknown runtime" in low or ("runtime" in low and "not found" in low and "exec" not in low)
+    return "unknown runtime" in low or f'exec: "{runtime.lower()}"' in low
 
 
 def _start_failure(message: str) -> str:
     """The useful tail of runc's start error: what failed in the image (an exec, a mount)."""
-    for marker in ("unable to start container process: ", "error during container init: ", "runc create failed: "):
-        if marker in message:
+    for marker in ("runc create failed: ", "unable to start container process: ", "error during container init: "):
+        if marker in message:  # each a prefix of the next one's context: strip them in order
             message = message.split(marker, 1)[1]
-            break
     return message.removesuffix(": unknown").strip()
 
 
@@ -165,7 +165,7 @@ class DockerBackend:
             if exc.status == 404 and "image" in exc.message.lower():
                 raise ImageNotFound(f"Image '{spec.image}' not found locally (no registry is reachable; "
                                     "build or load it into Docker first)") from exc
-            if _runtime_unknown(exc.message):
+            if _runtime_unknown(exc.message, self._runtime):
                 raise RuntimeMissing(f"Container runtime '{self._runtime}' is not available: {exc.message}") from exc
             raise EmulatorError(f"Docker refused to create the container: {exc.message}") from exc
         return container.id
@@ -174,7 +174,7 @@ class DockerBackend:
         try:
             await self.docker.containers.container(container_id).start()
         except DockerError as exc:
-            if _runtime_unknown(exc.message):
+            if _runtime_unknown(exc.message, self._runtime):
                 raise RuntimeMissing(f"Container runtime '{self._runtime}' is not available: {exc.message}") from exc
             if "oci runtime" in exc.message.lower():
                 # runc failed inside the image: the agent's executable could not be run in it (exec
