@@ -4,6 +4,8 @@
 #      docker-compose package (the v2 CLI plugin, needs only libc6 >= 2.34: bookworm's 2.36 is enough) is
 #      installed with apt, from a private package list, so the host's apt sources are left as they are.
 #   2. the wheels the emulator image installs offline (docker/fetch-wheels.sh; PyPI, on the host).
+#   2b. the in-sandbox agent binary in build/agent (emulator/setup/agent-build.sh): the repository is mounted
+#      into the emulator's container at the same path, and the host's engine mounts that folder into sandboxes.
 #   3. the env file compose reads (default: .env at the repository root); keys already there are kept:
 #      - TLE_API_KEY, a random key, when none is set;
 #      - COMPOSE_FILE, the compose files for THIS host (rewritten on every run):
@@ -70,6 +72,9 @@ else
   bash "$HERE/fetch-wheels.sh" | sed 's/^/[compose] /'
   touch "$HERE/wheels/.requirements"
 fi
+
+# ---- 2b. the in-sandbox agent ------------------------------------------------------------------
+bash "$REPO/emulator/setup/agent-build.sh" "$REPO/build/agent" | sed 's/^\[setup\] /[compose] /'
 
 # ---- 3. the env file --------------------------------------------------------------------------
 touch "$ENV_FILE"

@@ -10,6 +10,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
+def _default_agent_dir() -> Path:
+    """Where emulator/setup/agent-build.sh puts the in-sandbox agent: <repo>/build/agent."""
+    return Path(__file__).resolve().parent.parent / "build" / "agent"
+
+
 def _default_data_dir() -> str:
     if os.geteuid() == 0:
         return "/var/lib/tensorlake-emulator/data"
@@ -46,6 +51,9 @@ class Settings(BaseModel):
                           "sandbox_url advertised to the SDK (default http://localhost:<proxy port>)")
     data_dir: Path = _env("TLE_DATA_DIR", Path(_default_data_dir()),
                           "folder for the state database, agent sockets and snapshots")
+    agent_dir: Path = _env("TLE_AGENT_DIR", _default_agent_dir(),
+                           "folder holding the in-sandbox agent executable tle-agent (and an empty run/), "
+                           "built by emulator/setup/agent-build.sh; mounted read-only at /.tle in every sandbox")
     default_image: str = _env("TLE_DEFAULT_IMAGE", "tensorlake-emulator/sandbox:latest",
                               "image used when none is given")
     runtime: str = _env("TLE_RUNTIME", "runc", "OCI runtime for sandboxes: runc or runsc (gVisor)", min_length=1)
@@ -107,6 +115,19 @@ class Settings(BaseModel):
             var = str(err["loc"][0])
             raise ConfigError(f"tensorlake-emulator: {var}={given.get(var, '')!r} is not valid: "
                               f"{err['msg']}") from None
+
+
+def require_agent(settings: Settings) -> Path:
+    """The in-sandbox agent executable (<agent_dir>/tle-agent), checked before anything starts a sandbox.
+
+    Raises ConfigError naming the missing file and how to build it.
+    """
+    exe = settings.agent_dir / "tle-agent"
+    if not (exe.is_file() and os.access(exe, os.X_OK) and (settings.agent_dir / "run").is_dir()):
+        raise ConfigError(f"tensorlake-emulator: the in-sandbox agent {exe} (and the empty folder run/ next to it) "
+                          "is missing: build it with emulator/setup/agent-build.sh (`./run start` and `./run test` "
+                          "do), or point TLE_AGENT_DIR at a folder holding it")
+    return exe
 
 
 # variable -> attribute, in the order --help prints them

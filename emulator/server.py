@@ -18,7 +18,7 @@ from emulator.api.body_limit import BodyLimit
 from emulator.backend.docker import DockerBackend
 from emulator.checkpoints.engine import CheckpointEngine, choose_mechanism
 from emulator.checkpoints.probe import CriuProbe
-from emulator.config import Settings
+from emulator.config import Settings, require_agent
 from emulator.errors import EmulatorError
 from emulator.gate import Gate, GatePolicy
 from emulator.http_protocols import JsonErrorsH11Protocol, JsonErrorsWebSocketProtocol
@@ -72,6 +72,7 @@ async def _checkpoint_engine(settings: Settings, backend: DockerBackend, store: 
 
 
 async def serve(settings: Settings) -> None:
+    require_agent(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.data_dir / "state.sqlite3")
     backend = DockerBackend(settings.docker_host, settings.runtime, instance_label(settings.data_dir))

@@ -24,8 +24,11 @@ from emulator.labels import (  # noqa: F401
 )
 
 AGENT_DIR_IN_SANDBOX = "/.tle/run"
-# The agent package directory (emulator/agent), bind-mounted read-only and run as `python3 -B /.tle/agent`.
-AGENT_CODE_IN_SANDBOX = "/.tle/agent"
+# The folder holding the agent executable (Settings.agent_dir), bind-mounted read-only here; the agent runs as
+# PID 1 from it: `/.tle/tle-agent --socket /.tle/run/agent.sock`. Its empty run/ is the run folder's mount point.
+AGENT_BIN_DIR_IN_SANDBOX = "/.tle"
+AGENT_EXE_NAME = "tle-agent"
+AGENT_EXE_IN_SANDBOX = f"{AGENT_BIN_DIR_IN_SANDBOX}/{AGENT_EXE_NAME}"
 
 
 @dataclass
@@ -37,7 +40,7 @@ class ContainerSpec:
     pids_limit: int
     network: bool
     agent_dir: Path
-    agent_code: Path  # the agent package directory on the host
+    agent_code: Path  # the folder on the host holding the agent executable (Settings.agent_dir)
     entrypoint: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)

@@ -14,8 +14,9 @@ from aiodocker.exceptions import DockerError
 
 from emulator.agent_channel import AGENT_SOCKET_NAME
 from emulator.backend.base import (
-    AGENT_CODE_IN_SANDBOX,
+    AGENT_BIN_DIR_IN_SANDBOX,
     AGENT_DIR_IN_SANDBOX,
+    AGENT_EXE_IN_SANDBOX,
     LABEL_INSTANCE,
     LABEL_SANDBOX,
     ContainerSpec,
@@ -131,10 +132,8 @@ class DockerBackend:
             env["TLE_ENTRYPOINT"] = json.dumps(spec.entrypoint)
         config: dict[str, Any] = {
             "Image": spec.image,
-            # -B: the agent's directory is mounted read-only, so no bytecode is written (the flag, unlike
-            # PYTHONDONTWRITEBYTECODE, is not inherited by the sandbox's own processes)
-            "Entrypoint": ["python3", "-B", AGENT_CODE_IN_SANDBOX, "--socket",
-                           f"{AGENT_DIR_IN_SANDBOX}/{AGENT_SOCKET_NAME}"],
+            # the static Go agent as PID 1: it needs nothing from the image (no python, no libc)
+            "Entrypoint": [AGENT_EXE_IN_SANDBOX, "--socket", f"{AGENT_DIR_IN_SANDBOX}/{AGENT_SOCKET_NAME}"],
             "Cmd": [],
             "Env": [f"{k}={v}" for k, v in env.items()],
             "User": "0:0",
@@ -152,9 +151,9 @@ class DockerBackend:
                 "CapAdd": _CAPS,
                 "SecurityOpt": ["no-new-privileges"],
                 "NetworkMode": "bridge" if spec.network else "none",
-                "Binds": [
+                "Binds": [  # the binary's folder first: the run folder is mounted on its empty run/
+                    f"{spec.agent_code}:{AGENT_BIN_DIR_IN_SANDBOX}:ro",
                     f"{spec.agent_dir}:{AGENT_DIR_IN_SANDBOX}",
-                    f"{spec.agent_code}:{AGENT_CODE_IN_SANDBOX}:ro",
                 ],
                 "Init": False,
             },

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from emulator.backend.base import LABEL_NAMESPACE, LABEL_POOL, LABEL_SESSION, ContainerSpec
 from emulator.errors import EmulatorError, ImageIncompatible
@@ -14,7 +13,6 @@ from emulator.model.records import SandboxRecord, SnapshotRecord
 from emulator.model.states import SandboxStatus
 
 log = logging.getLogger(__name__)
-AGENT_CODE = Path(__file__).resolve().parent.parent / "agent"  # the agent package, run as a directory
 
 
 def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> ContainerSpec:
@@ -25,7 +23,7 @@ def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> Conta
         # A network interface even for "no internet": the policy is enforced by rules in the sandbox's
         # namespace (manager/egress.py), so `update` can open or close it on a running sandbox.
         network=egress.needs_interface(rec.network_policy),
-        agent_dir=ctx.run_dirs.make(rec.id), agent_code=AGENT_CODE, entrypoint=rec.entrypoint,
+        agent_dir=ctx.run_dirs.make(rec.id), agent_code=ctx.settings.agent_dir, entrypoint=rec.entrypoint,
         env={"TLE_OUTPUT_LIMIT_BYTES": str(ctx.settings.agent_output_limit), **egress.entrypoint_gate(rec)},
         labels={LABEL_NAMESPACE: rec.namespace,
                 **({LABEL_SESSION: rec.session_label} if rec.session_label else {}),
@@ -89,4 +87,5 @@ async def _not_healthy(ctx: ManagerContext, container_id: str) -> EmulatorError:
         tail = " ".join((await ctx.backend.logs(container_id)).strip().splitlines()[-3:])[-400:]
         return ImageIncompatible(f"the image cannot run the sandbox agent: it exited at start with code "
                                  f"{state.exit_code}" + (f" ({tail})" if tail else ""))
-    return EmulatorError(f"the sandbox agent did not answer within {ctx.settings.startup_timeout}s")
+    return EmulatorError(f"the sandbox agent did not answer within {ctx.settings.startup_timeout}s "
+                         f"(see the container's log: docker logs {container_id[:12]})")

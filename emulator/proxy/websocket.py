@@ -29,10 +29,10 @@ from typing import Any
 import httpcore
 import httpx
 
-from emulator.agent.frame_protocol import FRAME_BINARY, FRAME_CLOSE, FRAME_HEAD, FRAME_TEXT, MAX_FRAME, UPGRADE_PROTOCOL
 from emulator.agent_channel import AgentEndpoint
 from emulator.agent_client import AgentClients
 from emulator.errors import EmulatorError, SandboxNotReady
+from emulator.proxy.frame_protocol import FRAME_BINARY, FRAME_CLOSE, FRAME_HEAD, FRAME_TEXT, MAX_FRAME, UPGRADE_PROTOCOL
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@
 #   2. CRIU >= 4.2 on PATH (optional: without it suspend/checkpoint answer "not supported")
 #   3. the default sandbox image, built offline from Debian packages
 #   4. in a source checkout only: the project's Python environment (.venv) with the pinned SDK for the tests
+#   5. the in-sandbox agent: one static Go executable in build/agent (agent-build.sh; golang-go if missing)
 # Every stage prints one line and skips itself when its work is already done; long ones say they are alive.
 # Everything it runs ships inside the package (this folder), so an installed wheel sets a host up alone.
 set -uo pipefail
@@ -128,6 +129,9 @@ else
   echo "$want" >"$stamp"
   say "python: ready"
 fi
+
+# ---- 5. the in-sandbox agent -------------------------------------------------------------------
+bash "$HERE/agent-build.sh" || die "agent build"
 
 # ---- 2b. wait for CRIU ------------------------------------------------------------------------
 start=$SECONDS

@@ -1,9 +1,10 @@
-"""The agent under test, run as a real subprocess on the host (as in a sandbox: `python3 -B <dir>`), and
-the helpers the agent's test modules share: httpx over its unix socket, SSE parsing, the proxy's side of
-the frame protocol."""
+"""The agent under test (the Go program in agent/), run as a real subprocess on the host as in a sandbox
+(`tle-agent --socket PATH`), and the helpers the agent's test modules share: httpx over its unix socket, SSE
+parsing, the proxy's side of the frame protocol."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -11,7 +12,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -20,10 +20,27 @@ from pathlib import Path
 import httpx
 import pytest
 
-# Run as a directory, as in a sandbox (`python3 -B /.tle/agent`).
-AGENT = Path(__file__).resolve().parents[2] / "emulator" / "agent"
-# The agent must run on python3 >= 3.9; point this at another interpreter to check that.
-AGENT_PYTHON = os.environ.get("TLE_AGENT_TEST_PYTHON", sys.executable)
+REPO = Path(__file__).resolve().parents[2]
+
+
+@functools.cache
+def agent_binary() -> str:
+    """The executable under test: TLE_AGENT_TEST_BINARY, else <repo>/build/agent/tle-agent, (re)built by
+    emulator/setup/agent-build.sh when agent/*.go changed (a no-op of a few ms otherwise)."""
+    given = os.environ.get("TLE_AGENT_TEST_BINARY")
+    if given:
+        return given
+    out = REPO / "build" / "agent"
+    r = subprocess.run(["bash", str(REPO / "emulator" / "setup" / "agent-build.sh"), str(out)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("agent build failed:\n" + r.stdout + r.stderr)
+    return str(out / "tle-agent")
+
+
+def agent_command(socket_path: str) -> list:
+    """The agent's command line (without a prefix such as unshare)."""
+    return [agent_binary(), "--socket", socket_path]
 
 
 class Agent:
@@ -38,7 +55,7 @@ class Agent:
         self.log_path = os.path.join(self.dir, "agent.log")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [*self.prefix, AGENT_PYTHON, "-B", str(AGENT), "--socket", self.socket],
+            [*self.prefix, *agent_command(self.socket)],
             cwd=self.workdir,
             env=full_env,
             stdout=self._log,

@@ -70,7 +70,8 @@ def _raw(agent, data: bytes, read_until_close: bool = True) -> bytes:
 def test_malformed_requests_are_survived(agent, raw):
     out = _raw(agent, raw)
     if out:
-        assert out.startswith(b"HTTP/1.1 ")
+        # HTTP/1.1 (the Go agent's net/http answers an HTTP/1.0 request with an HTTP/1.0 status line)
+        assert out.startswith((b"HTTP/1.1 ", b"HTTP/1.0 "))
     assert agent.client.get("/api/v1/health").json() == {"healthy": True}
 
 
@@ -80,7 +81,10 @@ def test_expect_100_continue(agent, tmpdir_path):
     s.settimeout(10)
     s.connect(agent.socket)
     s.sendall(
-        f"PUT /api/v1/files?path={p} HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode()
+        # (with a Host header, which HTTP/1.1 requires: the Go agent's net/http refuses a request without one;
+        # the proxy's httpx always sends it)
+        f"PUT /api/v1/files?path={p} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        .encode()
     )
     assert s.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
     s.sendall(b"hello")

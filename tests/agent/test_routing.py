@@ -1,41 +1,26 @@
-"""Routes (routing): what answers which method and path, 404 and 405, and the agent's own layout as a directory.
+"""Routes (router.go): what answers which method and path, 404 and 405; the agent is one static executable.
 
 The agent runs as a real subprocess (agent_helpers.Agent); see conftest.py for the fixtures."""
 
 from __future__ import annotations
 
-import sys
+import struct
 
-from agent_helpers import AGENT
+from agent_helpers import agent_binary
 
-# ------------------------------------------------------------------------------------------------ layout
-
-
-def _agent_modules() -> dict:
-    return {p.stem: p for p in sorted(AGENT.glob("*.py"))}
+# ------------------------------------------------------------------------------------------------ the binary
 
 
-def test_package_layout_is_safe_to_run_as_a_directory():
-    """`python3 /.tle/agent` puts the agent's directory first on sys.path: a module named like a stdlib module
-    would shadow it for the whole agent, and anything but the stdlib may be missing in the sandbox's image."""
-    import ast
-
-    modules = _agent_modules()
-    assert "__main__" in modules and not (AGENT / "__init__.py").exists()
-    stdlib = set(sys.stdlib_module_names)
-    assert not (set(modules) - {"__main__"}) & stdlib
-    for name, path in modules.items():
-        tree = ast.parse(path.read_text(), str(path), feature_version=(3, 9))  # the oldest python3 supported
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                tops = [a.name.split(".")[0] for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                assert node.level == 0, f"{name}: relative import"
-                tops = [node.module.split(".")[0]]
-            else:
-                continue
-            for top in tops:
-                assert top in stdlib or top in modules, f"{name} imports {top}: neither stdlib nor the agent's"
+def test_agent_is_one_static_executable():
+    """The agent runs in any image (no python, no libc): its ELF has neither an interpreter (PT_INTERP) nor a
+    dynamic section (PT_DYNAMIC)."""
+    with open(agent_binary(), "rb") as f:
+        elf = f.read()
+    assert elf[:4] == b"\x7fELF" and elf[4] == 2  # 64-bit
+    phoff, = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    types = {struct.unpack_from("<I", elf, phoff + i * phentsize)[0] for i in range(phnum)}
+    assert 3 not in types and 2 not in types, types
 
 
 # ------------------------------------------------------------------------------------------------ basics

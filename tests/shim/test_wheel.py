@@ -34,8 +34,9 @@ def wheel_venv() -> Iterator[Path]:
         assert built.returncode == 0, built.stdout + built.stderr
         wheel = next((tmp / "dist").glob("tensorlake_emulator-*.whl"))
         names = zipfile.ZipFile(wheel).namelist()
-        for shipped in ("emulator/setup/host-setup.sh", "emulator/setup/criu-install.sh", "emulator/agent/daemon.py",
-                        "emulator/cli/__main__.py", "emulator/labels.py", "sdk_shim/pytest_plugin.py"):
+        for shipped in ("emulator/setup/host-setup.sh", "emulator/setup/criu-install.sh",
+                        "emulator/setup/agent-build.sh", "emulator/cli/__main__.py", "emulator/labels.py",
+                        "sdk_shim/pytest_plugin.py"):
             assert shipped in names, shipped
         venv = tmp / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)

@@ -1,0 +1,3 @@
+module tensorlake-emulator/agent
+
+go 1.19
