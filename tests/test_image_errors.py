@@ -104,17 +104,6 @@ def test_image_that_cannot_run_the_agent(emulator: EmulatorProcess, images: Any)
     assert "RUNTIME_NOT_AVAILABLE" not in str(info) and "/.tle" in info["error_details"], json.dumps(info)
 
 
-def test_image_without_python_under_the_python_agent(emulator: EmulatorProcess, images: Any) -> None:
-    """With the Python agent an image without python3 cannot hold a sandbox: the error names python3.
-    (With the static agent the same image works: tests/test_any_image.py.)"""
-    status, body = _post(emulator.api_url, {"image": images.ref, "resources": {"memory_mb": 256}})
-    assert status == 200, body
-    info = _ended(emulator.api_url, body["sandbox_id"])
-    if info["status"] == "running":
-        pytest.skip("the emulator's agent runs in an image without python3 (the static agent)")
-    assert "IMAGE_INCOMPATIBLE" in str(info) and "python3" in info["error_details"], json.dumps(info)
-
-
 def test_pool_of_a_foreign_image_is_refused(emulator: EmulatorProcess, images: Any) -> None:
     from tensorlake.sandbox import SandboxClient
 
