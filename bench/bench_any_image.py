@@ -141,30 +141,48 @@ def _rates(size: int, secs: list[float]) -> str:
     return f"best {size / min(secs) / MiB:5.0f} MiB/s, median {size / statistics.median(secs) / MiB:5.0f} MiB/s"
 
 
-def transfers(sb: Sandbox, label: str, rounds: int = 3) -> None:
-    """50 MB up (upload_file from a local file, write_file from bytes) and down (read_file) through `sb`."""
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of pid so far (all its threads), 0 when unknown."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def transfers(sb: Sandbox, label: str, rounds: int = 3, pid: int | None = None) -> None:
+    """50 MB up (upload_file from a local file, write_file from bytes) and down (read_file) through `sb`;
+    with `pid`, also that process's CPU seconds per transfer (what the emulator itself spends: a figure
+    that a loaded machine does not distort the way it distorts wall times)."""
     size = 50 * MiB
     data = os.urandom(size)
     with tempfile.NamedTemporaryFile(delete=False) as f:
         f.write(data)
     ups, writes, downs = [], [], []
+    cpu: dict[str, list[float]] = {"upload_file": [], "write_file": [], "read_file": []}
     try:
         for _ in range(rounds):
-            t0 = time.perf_counter()
+            c0, t0 = cpu_seconds(pid), time.perf_counter()
             sb.upload_file(f.name, "/tmp/big.bin")
             ups.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
+            c1, t0 = cpu_seconds(pid), time.perf_counter()
             sb.write_file("/tmp/big2.bin", data)
             writes.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
+            c2, t0 = cpu_seconds(pid), time.perf_counter()
             got = sb.read_file("/tmp/big.bin").value
             downs.append(time.perf_counter() - t0)
+            c3 = cpu_seconds(pid)
+            for key, spent in (("upload_file", c1 - c0), ("write_file", c2 - c1), ("read_file", c3 - c2)):
+                cpu[key].append(spent)
             assert len(got) == size
             del got
     finally:
         os.unlink(f.name)
     print(f"{label}: upload_file {_rates(size, ups)};  write_file {_rates(size, writes)};  "
           f"read_file {_rates(size, downs)}")
+    if pid is not None:
+        print("  emulator CPU per 50 MB (median): " + ", ".join(
+            f"{k} {statistics.median(v):.3f} s (one core: {size / max(statistics.median(v), 1e-3) / MiB:.0f} MiB/s)"
+            for k, v in cpu.items()))
 
 
 def dataplane(image: str | None) -> None:
@@ -180,7 +198,7 @@ def dataplane(image: str | None) -> None:
         print(f"run('true') x200: {fmt(times)}")
         before = rss(emu.pid)
         with RssSampler(emu.pid) as sampler:
-            transfers(sb, "50 MB through the emulator")
+            transfers(sb, "50 MB through the emulator", pid=emu.pid)
         print(f"emulator RSS: before {before / MiB:.0f} MiB, peak {sampler.peak / MiB:.0f} MiB, "
               f"after {rss(emu.pid) / MiB:.0f} MiB")
         with sink() as port:
