@@ -9,6 +9,7 @@ followed.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -23,6 +24,10 @@ ALIVE_EVERY = 0.25  # seconds between checks that a starting agent's container s
 # Reads from an agent of 1 MiB rather than httpcore's 64 KiB: a big download then crosses the proxy in
 # 16x fewer chunks, each one a pass through httpcore, the ASGI send and h11 (the per-chunk cost dominates).
 httpcore._async.http11.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
+# A unix stream socket's capacity is its sender's SO_SNDBUF (212992 bytes by default): 4 MiB lets an upload's
+# 256 KiB-1 MiB pieces go to the agent in one send each instead of a few partial sends and wake-ups
+# (the kernel caps it at net.core.wmem_max).
+_SOCKET_OPTIONS = [(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)]
 _LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=16)
 
 
@@ -50,6 +55,7 @@ class AgentClients:
             max_keepalive_connections=_LIMITS.max_keepalive_connections,
             keepalive_expiry=_LIMITS.keepalive_expiry,
             uds=str(endpoint.run_dir / AGENT_SOCKET_NAME),
+            socket_options=_SOCKET_OPTIONS,
             network_backend=VerifiedAgentBackend(endpoint, self._pids),
         )
         client = httpx.AsyncClient(transport=transport, base_url="http://sandbox-agent", timeout=_TIMEOUT)
