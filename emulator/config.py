@@ -11,8 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 def _default_agent_dir() -> Path:
-    """Where emulator/setup/agent-build.sh puts the in-sandbox agent: <repo>/build/agent."""
-    return Path(__file__).resolve().parent.parent / "build" / "agent"
+    """Where emulator/setup/agent-build.sh puts the in-sandbox agent: <repo>/build/agent in a source checkout,
+    else (an installed package) a folder of the user's state, as the script chooses it too."""
+    top = Path(__file__).resolve().parent.parent
+    if (top / "agent" / "go.mod").is_file():
+        return top / "build" / "agent"
+    if os.geteuid() == 0:
+        return Path("/var/lib/tensorlake-emulator/agent")
+    return Path.home() / ".local/share/tensorlake-emulator/agent"
 
 
 def _default_data_dir() -> str:
@@ -125,8 +131,8 @@ def require_agent(settings: Settings) -> Path:
     exe = settings.agent_dir / "tle-agent"
     if not (exe.is_file() and os.access(exe, os.X_OK) and (settings.agent_dir / "run").is_dir()):
         raise ConfigError(f"tensorlake-emulator: the in-sandbox agent {exe} (and the empty folder run/ next to it) "
-                          "is missing: build it with emulator/setup/agent-build.sh (`./run start` and `./run test` "
-                          "do), or point TLE_AGENT_DIR at a folder holding it")
+                          "is missing: build it with `tensorlake-emulator setup` (emulator/setup/agent-build.sh; "
+                          "`./run start` and `./run test` do), or point TLE_AGENT_DIR at a folder holding it")
     return exe
 
 

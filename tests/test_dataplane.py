@@ -7,8 +7,10 @@ import hashlib
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from tensorlake.sandbox import AsyncSandbox, Sandbox
@@ -280,3 +282,32 @@ def test_proxy_errors_for_unknown_and_terminated(emulator: EmulatorProcess) -> N
     assert status == 404 and body["code"] == "SANDBOX_NOT_FOUND" and "terminated" in body["error"]
     with pytest.raises(RemoteAPIError):
         sb.run("true")
+
+
+@pytest.fixture(scope="module")
+def empty_image() -> Iterator[str]:
+    """An image with nothing in it but /tmp and /workspace: no shell, no libc, no python (made from an empty
+    folder with `docker import`, removed afterwards)."""
+    name = f"tle-test-empty-{os.getpid()}:latest"
+    with tempfile.TemporaryDirectory() as d:
+        os.makedirs(os.path.join(d, "tmp"))
+        os.makedirs(os.path.join(d, "workspace"))
+        tar = subprocess.run(["tar", "-C", d, "-c", "."], capture_output=True, check=True).stdout
+        subprocess.run(["docker", "import", "--change", "WORKDIR /workspace",
+                        "--change", "LABEL dev.tensorlake-emulator.test=empty-image", "-", name],
+                       input=tar, capture_output=True, check=True)
+    yield name
+    subprocess.run(["docker", "image", "rm", "-f", name], capture_output=True)
+
+
+def test_agent_needs_nothing_from_the_image(emulator: EmulatorProcess, empty_image: str) -> None:
+    """The agent is one static executable mounted from the host (issue 13): a sandbox of an empty image runs,
+    answers, spawns (a missing program is the shell-like 127) and serves files."""
+    sb = Sandbox.create(image=empty_image, request_timeout=T)
+    try:
+        r = sb.run("sh", ["-c", "true"])
+        assert r.exit_code == 127 and "sh: command not found" in r.stderr
+        sb.write_file("/tmp/x.txt", b"no libc needed")
+        assert sb.read_file("/tmp/x.txt").value == b"no libc needed"
+    finally:
+        sb.terminate()

@@ -5,16 +5,25 @@
 # binary and an empty run/ (the mount point of each sandbox's run folder): it is bind-mounted read-only at
 # /.tle in every sandbox (emulator/backend/docker.py), so nothing is written into the sandbox's filesystem.
 # Needs Go >= 1.19 (Debian bookworm's golang-go; installed with apt when missing). Prints one line.
-# Usage: agent-build.sh [OUT_DIR]   (default <repo>/build/agent; TLE_AGENT_DIR overrides too)
+# Usage: agent-build.sh [OUT_DIR]   (default <repo>/build/agent, or for an installed package
+# /var/lib/tensorlake-emulator/agent as root, else ~/.local/share/tensorlake-emulator/agent; TLE_AGENT_DIR too)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 SRC=$REPO/agent
-OUT=${1:-${TLE_AGENT_DIR:-$REPO/build/agent}}
+DEFAULT_OUT=$REPO/build/agent
+if [ ! -f "$SRC/go.mod" ]; then
+  # An installed package (REPO is site-packages): the sources are the wheel's data files under
+  # <prefix>/share, and the binary goes to the user's state (emulator/config.py _default_agent_dir agrees).
+  SRC=$(cd "$REPO/../../.." && pwd)/share/tensorlake-emulator/agent
+  if [ "$(id -u)" = 0 ]; then DEFAULT_OUT=/var/lib/tensorlake-emulator/agent
+  else DEFAULT_OUT=$HOME/.local/share/tensorlake-emulator/agent; fi
+fi
+OUT=${1:-${TLE_AGENT_DIR:-$DEFAULT_OUT}}
 say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] FAILED: %s\n' "$*" >&2; exit 1; }
 
-[ -f "$SRC/go.mod" ] || { say "agent: no Go source in $SRC (installed package): using $OUT as it is"; exit 0; }
+[ -f "$SRC/go.mod" ] || die "agent: no Go source in $SRC"
 want=$(cat "$SRC/go.mod" "$SRC"/*.go | sha256sum | cut -c1-16)
 stamp=$OUT.source-hash
 if [ -x "$OUT/tle-agent" ] && [ -d "$OUT/run" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
