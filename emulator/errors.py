@@ -70,6 +70,21 @@ class ImageNotFound(EmulatorError):
     code = "IMAGE_NOT_FOUND"
 
 
+class ImageIncompatible(EmulatorError):
+    """The image exists but cannot hold a sandbox: built for another architecture, or the sandbox agent
+    cannot start in it (a mount point taken by a file, an exec refused); the message names the cause."""
+
+    status = 400
+    code = "IMAGE_INCOMPATIBLE"
+
+
+class EntrypointNotFound(EmulatorError):
+    """The entrypoint asked for at create is not in the image (its path, or nowhere on the image's PATH)."""
+
+    status = 400
+    code = "ENTRYPOINT_NOT_FOUND"
+
+
 class RuntimeMissing(EmulatorError):
     status = 400
     code = "RUNTIME_NOT_AVAILABLE"

@@ -23,8 +23,9 @@ from emulator.backend.base import (
     ContainerSpec,
     ContainerState,
     EngineInfo,
+    ImageFacts,
 )
-from emulator.errors import BackendUnavailable, EmulatorError, ImageNotFound, RuntimeMissing
+from emulator.errors import BackendUnavailable, EmulatorError, ImageIncompatible, ImageNotFound, RuntimeMissing
 from emulator.labels import LABEL_CANARY, instance_filter
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,28 @@ MiB = 1024 * 1024
 
 # Docker's default set minus what a code sandbox never needs (raw sockets, mknod, chroot, audit,
 # file capabilities): dropped explicitly so a stock image cannot regain them.
+# `docker info` gives the kernel's machine name; images name architectures the Go way (OCI platform).
+_ARCH_NAMES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "i386": "386",
+               "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
+
+
+def _runtime_unknown(message: str, runtime: str) -> bool:
+    """Docker's answer when the configured runtime is missing: not registered ("Unknown runtime specified
+    runsc") or registered but its executable absent (`exec: "runsc": executable file not found`). Only
+    that is RUNTIME_NOT_AVAILABLE: an OCI error names runc ("OCI runtime create failed: ...") for any
+    failure of the container's own start, an exec refused in the image as much as a missing runtime."""
+    low = message.lower()
+    return "unknown runtime" in low or f'exec: "{runtime.lower()}"' in low
+
+
+def _start_failure(message: str) -> str:
+    """The useful tail of runc's start error: what failed in the image (an exec, a mount)."""
+    for marker in ("runc create failed: ", "unable to start container process: ", "error during container init: "):
+        if marker in message:  # each a prefix of the next one's context: strip them in order
+            message = message.split(marker, 1)[1]
+    return message.removesuffix(": unknown").strip()
+
+
 _CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP", "NET_BIND_SERVICE"]
 
 
@@ -65,7 +88,35 @@ class DockerBackend:
             experimental=bool(info.get("ExperimentalBuild")),
             host_cpus=int(info.get("NCPU") or 1),
             host_memory_mb=int((info.get("MemTotal") or 0) // MiB),
+            arch=_ARCH_NAMES.get(str(info.get("Architecture") or ""), str(info.get("Architecture") or "")),
         )
+
+    async def image_facts(self, image: str) -> ImageFacts | None:
+        """The image's platform and PATH from its config; None when the image is not in the engine."""
+        try:
+            data = await self.docker.images.inspect(image)
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise BackendUnavailable(f"Docker image lookup failed: {exc.message}") from exc
+        env = (data.get("Config") or {}).get("Env") or []
+        path = next((e[5:] for e in env if e.startswith("PATH=")), "")
+        return ImageFacts(os=str(data.get("Os") or ""), arch=str(data.get("Architecture") or ""), path=path)
+
+    async def path_exists(self, container_id: str, path: str) -> bool:
+        """Whether `path` exists in a created container's filesystem (`HEAD /containers/{id}/archive`,
+        answered from the image's layers without starting anything). A link counts as existing."""
+        # The raw session: a HEAD answer has no body, which aiodocker's error path tries to parse as JSON.
+        try:
+            await self.docker._check_version()
+            url = self.docker._canonicalize_url(f"containers/{container_id}/archive", versioned_api=True)
+            async with self.docker.session.request("HEAD", url, params={"path": path}) as resp:
+                status = resp.status
+        except (DockerError, aiohttp.ClientError) as exc:
+            raise BackendUnavailable(f"Docker could not look into the container: {exc}") from exc
+        if status in (200, 404):
+            return status == 200
+        raise BackendUnavailable(f"Docker could not look into the container: HTTP {status} for {path}")
 
     async def image_exists(self, image: str) -> bool:
         try:
@@ -114,7 +165,7 @@ class DockerBackend:
             if exc.status == 404 and "image" in exc.message.lower():
                 raise ImageNotFound(f"Image '{spec.image}' not found locally (no registry is reachable; "
                                     "build or load it into Docker first)") from exc
-            if "runtime" in exc.message.lower():
+            if _runtime_unknown(exc.message, spec.runtime):
                 raise RuntimeMissing(f"Container runtime '{spec.runtime}' is not available: {exc.message}") from exc
             raise EmulatorError(f"Docker refused to create the container: {exc.message}") from exc
         return container.id
@@ -123,8 +174,13 @@ class DockerBackend:
         try:
             await self.docker.containers.container(container_id).start()
         except DockerError as exc:
-            if "runtime" in exc.message.lower() and "unknown" in exc.message.lower():
+            if _runtime_unknown(exc.message, self._runtime):
                 raise RuntimeMissing(f"Container runtime '{self._runtime}' is not available: {exc.message}") from exc
+            if "oci runtime" in exc.message.lower():
+                # runc failed inside the image: the agent's executable could not be run in it (exec
+                # refused, not found), or a mount point the sandbox needs is taken (a file at /.tle).
+                raise ImageIncompatible("the image cannot run the sandbox agent: "
+                                        f"{_start_failure(exc.message)}") from exc
             raise EmulatorError(f"Docker could not start the container: {exc.message}") from exc
 
     async def remove(self, container_id: str) -> None:

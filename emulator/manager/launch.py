@@ -6,8 +6,8 @@ import asyncio
 import logging
 
 from emulator.backend.base import LABEL_NAMESPACE, LABEL_POOL, LABEL_SESSION, ContainerSpec
-from emulator.errors import EmulatorError
-from emulator.manager import egress, faults
+from emulator.errors import EmulatorError, ImageIncompatible
+from emulator.manager import egress, faults, image_checks
 from emulator.manager.context import ManagerContext
 from emulator.model.faults import Fault
 from emulator.model.records import SandboxRecord, SnapshotRecord
@@ -55,6 +55,8 @@ async def launch(ctx: ManagerContext, rec: SandboxRecord, snap: SnapshotRecord |
             else:
                 rec.container_id = await ctx.backend.create(container_spec(ctx, rec, rec.image))
                 await ctx.table.save(rec)
+                if rec.entrypoint:  # before the start: a missing program is named, not left to a log line
+                    await image_checks.check_entrypoint(ctx, rec.container_id, rec.image, rec.entrypoint[0])
                 await ctx.backend.start(rec.container_id)
             if rec.status != SandboxStatus.pending:
                 # Terminated (cancelled) while the container was being made: do not leak it.
@@ -65,9 +67,10 @@ async def launch(ctx: ManagerContext, rec: SandboxRecord, snap: SnapshotRecord |
             if rec.file_systems and ctx.file_systems is not None:
                 await ctx.file_systems.mount_all(rec)  # before the entrypoint can look for them
             await ctx.table.save(rec)
-            if not await ctx.agents.wait_healthy(ctx.run_dirs.endpoint(rec), ctx.settings.startup_timeout):
-                raise EmulatorError(f"the sandbox agent did not answer within {ctx.settings.startup_timeout}s "
-                                    f"(see the container's log: docker logs tle-{rec.id})")
+            container_id = rec.container_id
+            if not await ctx.agents.wait_healthy(ctx.run_dirs.endpoint(rec), ctx.settings.startup_timeout,
+                                                 alive=lambda: _running(ctx, container_id)):
+                raise await _not_healthy(ctx, container_id)
             if rec.status != SandboxStatus.pending:
                 return
             ctx.set_deadline(rec)
@@ -79,3 +82,20 @@ async def launch(ctx: ManagerContext, rec: SandboxRecord, snap: SnapshotRecord |
         reason = exc.code if isinstance(exc, EmulatorError) else "StartupError"
         message = exc.message if isinstance(exc, EmulatorError) else f"{type(exc).__name__}: {exc}"
         await ctx.terminate(rec, reason, f"Failure({reason})", error_details=message)
+
+
+async def _running(ctx: ManagerContext, container_id: str) -> bool:
+    state = await ctx.backend.state(container_id)
+    return state is not None and state.running
+
+
+async def _not_healthy(ctx: ManagerContext, container_id: str) -> EmulatorError:
+    """Why the agent never answered: it exited (the image cannot run it; its last output says why) or
+    it is still silent at the start-up timeout."""
+    state = await ctx.backend.state(container_id)
+    if state is not None and not state.running:
+        tail = " ".join((await ctx.backend.logs(container_id)).strip().splitlines()[-3:])[-400:]
+        return ImageIncompatible(f"the image cannot run the sandbox agent: it exited at start with code "
+                                 f"{state.exit_code}" + (f" ({tail})" if tail else ""))
+    return EmulatorError(f"the sandbox agent did not answer within {ctx.settings.startup_timeout}s "
+                         f"(see the container's log: docker logs {container_id[:12]})")

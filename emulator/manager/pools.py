@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from emulator.errors import BadRequest, ImageNotFound, PoolInUse
-from emulator.manager import warm
+from emulator.errors import BadRequest, PoolInUse
+from emulator.manager import image_checks, warm
 from emulator.manager.context import ManagerContext
 from emulator.manager.launch import launch
 from emulator.model.ids import new_sandbox_id
@@ -84,9 +84,7 @@ class PoolManager:
             raise BadRequest(f"warm_containers ({warm_n}) cannot exceed max_containers ({config.max_containers})")
         image = spec.image or image or self._ctx.settings.default_image
         docker_image, runtime = image_runtime(image, self._ctx.settings.runtime)  # a pool's runtime: its image suffix
-        if not await self._ctx.backend.image_exists(docker_image):
-            raise ImageNotFound(f"Image '{docker_image}' not found locally; no registry is reachable, so build or "
-                                "load it into Docker first (docker images lists what is there)")
+        await image_checks.check_image(self._ctx, docker_image)  # ImageNotFound, ImageIncompatible
         return {**spec.resolve(base), "image": image, "runtime": runtime, "max_containers": config.max_containers,
                 "warm_containers": warm_n, "secret_names": config.secret_names}
 

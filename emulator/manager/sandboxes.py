@@ -23,13 +23,12 @@ from emulator.config import Settings
 from emulator.errors import (
     BadRequest,
     EmulatorError,
-    ImageNotFound,
     RuntimeMissing,
     SandboxNotFound,
     SandboxNotReady,
     SandboxNotRunning,
 )
-from emulator.manager import egress, faults, peek, reaper, reserve, suspension, update, warm, watch
+from emulator.manager import egress, faults, image_checks, peek, reaper, reserve, suspension, update, warm, watch
 from emulator.manager.context import ManagerContext
 from emulator.manager.file_systems import FileSystems
 from emulator.manager.images import ImageService
@@ -196,7 +195,7 @@ class SandboxManager:
 
     async def create(self, namespace: str, spec: SandboxSpec) -> SandboxRecord:
         """A pending sandbox record, its launch started. Raises BadRequest, NameConflict, NotFound
-        (snapshot), ImageNotFound, RuntimeMissing, NotSupported (memory snapshot without CRIU)."""
+        (snapshot), ImageNotFound, ImageIncompatible, RuntimeMissing, NotSupported (memory snapshot without CRIU)."""
         ctx, t0 = self._ctx, time.monotonic()
         if spec.name is not None:
             ctx.table.check_name(namespace, spec.name)
@@ -227,9 +226,8 @@ class SandboxManager:
             raise RuntimeMissing(f"Container runtime '{runtime}' is not installed in the Docker engine (available: "
                                  f"{', '.join(ctx.engine.runtimes)}; `tensorlake-emulator setup` installs gVisor "
                                  "as 'runsc' where it can)")
-        if snap is None and not await ctx.backend.image_exists(image):
-            raise ImageNotFound(f"Image '{image}' not found locally; no registry is reachable, so build or "
-                                "load it into Docker first (docker images lists what is there)")
+        if snap is None:
+            await image_checks.check_image(ctx, image)  # ImageNotFound, ImageIncompatible (another architecture)
         fault = faults.take_create(ctx, namespace, spec.name, spec.session_label)
         # A running container of the warm reserve when one fits (manager/reserve.py), else a launch.
         warm_entry = None if snap is not None or fault is not None else await reserve.take(

@@ -11,9 +11,10 @@ import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from emulator.agent_channel import AgentEndpoint
-from emulator.backend.base import LABEL_SANDBOX, ContainerSpec, ContainerState, EngineInfo
+from emulator.backend.base import LABEL_SANDBOX, ContainerSpec, ContainerState, EngineInfo, ImageFacts
 from emulator.errors import EmulatorError
 
 
@@ -42,6 +43,12 @@ class FakeBackend:
 
     async def image_exists(self, image: str) -> bool:
         return image in self.images
+
+    async def image_facts(self, image: str) -> ImageFacts | None:
+        return ImageFacts(os="linux", arch="amd64", path="") if image in self.images else None
+
+    async def path_exists(self, container_id: str, path: str) -> bool:
+        return True
 
     async def commit(self, container_id: str, repo: str, tag: str) -> str:
         self.images.add(f"{repo}:{tag}")
@@ -187,7 +194,7 @@ class FakeAgents:
     healthy: bool = True
     closed: list[str] = field(default_factory=list)
 
-    async def wait_healthy(self, endpoint: AgentEndpoint, timeout: float) -> bool:
+    async def wait_healthy(self, endpoint: AgentEndpoint, timeout: float, alive: Any = None) -> bool:
         return self.healthy
 
     async def close(self, sandbox_id: str) -> None:
