@@ -47,7 +47,7 @@ func ioPtyLaunch(s *PtySession) error {
 	attr := &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	mu.Lock()
 	defer mu.Unlock()
-	pid, err := spawnChild(func() (int, error) { return ioForkExecAsUser(spec.Command, spec.Args, l, fds, attr) }, s.onReaped)
+	pid, err := spawnChild(func() (int, error) { return forkExec(spec.Command, spec.Args, l, fds, attr) }, s.onReaped)
 	if err != nil {
 		master.Close()
 		return failed(err)
@@ -60,37 +60,4 @@ func ioPtyLaunch(s *PtySession) error {
 		trees.signalTree(tree, sig) // however its members detached, also after the program itself exited
 	}
 	return nil
-}
-
-// ioForkExecAsUser is forkExec, with the command looked up in PATH as execvpe does it in the child, i.e.
-// as the user it runs as: a candidate the user may not execute (EACCES, say a root-only virtualenv
-// first in PATH) is skipped for the next one; EACCES is reported only if no candidate ran.
-func ioForkExecAsUser(command string, args []string, l *launch, fds []uintptr, attr *syscall.SysProcAttr) (int, error) {
-	if strings.Contains(command, "/") || l.cred == nil {
-		return forkExec(command, args, l, fds, attr)
-	}
-	path, ok := envValue(l.env, "PATH")
-	if !ok {
-		path = "/bin:/usr/bin"
-	}
-	attr.Credential = l.cred
-	var saved error = syscall.ENOENT
-	for _, dir := range strings.Split(path, ":") {
-		if dir == "" {
-			dir = "."
-		}
-		pid, err := syscall.ForkExec(dir+"/"+command, append([]string{command}, args...),
-			&syscall.ProcAttr{Dir: l.cwd, Env: l.env, Files: fds, Sys: attr})
-		if err == nil {
-			return pid, nil
-		}
-		switch err {
-		case syscall.EACCES:
-			saved = err
-		case syscall.ENOENT, syscall.ENOTDIR, syscall.ESTALE, syscall.ENODEV, syscall.ETIMEDOUT:
-		default:
-			return 0, spawnFailure(err, command)
-		}
-	}
-	return 0, spawnFailure(saved, command)
 }

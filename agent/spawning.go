@@ -331,12 +331,15 @@ func makePipes(spec *Spec) (*childPipes, error) {
 // forkExec starts argv in its own session (setsid) with the launch settings and the given descriptors as
 // 0, 1, 2; it returns the pid. Call it inside spawnChild's start function.
 func forkExec(command string, args []string, l *launch, fds []uintptr, attr *syscall.SysProcAttr) (int, error) {
+	if attr == nil {
+		attr = &syscall.SysProcAttr{Setsid: true}
+	}
+	if l.cred != nil && !strings.Contains(command, "/") {
+		return forkExecAsUser(command, args, l, fds, attr)
+	}
 	exe, err := findExecutable(command, l.env, l.cwd)
 	if err != nil {
 		return 0, spawnFailure(err, command)
-	}
-	if attr == nil {
-		attr = &syscall.SysProcAttr{Setsid: true}
 	}
 	attr.Credential = l.cred
 	pid, err := syscall.ForkExec(exe, append([]string{command}, args...), &syscall.ProcAttr{
@@ -346,4 +349,35 @@ func forkExec(command string, args []string, l *launch, fds []uintptr, attr *sys
 		return 0, spawnFailure(err, command)
 	}
 	return pid, nil
+}
+
+// forkExecAsUser is forkExec for a process of another user, with the command looked up in PATH as
+// execvpe does it in the child, i.e. as that user: a candidate the user may not execute (EACCES, say a
+// root-only virtualenv first in PATH) is skipped for the next one; EACCES is reported only if no
+// candidate ran (the root agent's own lookup would pick a file the user cannot run).
+func forkExecAsUser(command string, args []string, l *launch, fds []uintptr, attr *syscall.SysProcAttr) (int, error) {
+	path, ok := envValue(l.env, "PATH")
+	if !ok {
+		path = "/bin:/usr/bin"
+	}
+	attr.Credential = l.cred
+	var saved error = syscall.ENOENT
+	for _, dir := range strings.Split(path, ":") {
+		if dir == "" {
+			dir = "."
+		}
+		pid, err := syscall.ForkExec(dir+"/"+command, append([]string{command}, args...),
+			&syscall.ProcAttr{Dir: l.cwd, Env: l.env, Files: fds, Sys: attr})
+		if err == nil {
+			return pid, nil
+		}
+		switch err {
+		case syscall.EACCES:
+			saved = err
+		case syscall.ENOENT, syscall.ENOTDIR, syscall.ESTALE, syscall.ENODEV, syscall.ETIMEDOUT:
+		default:
+			return 0, spawnFailure(err, command)
+		}
+	}
+	return 0, spawnFailure(saved, command)
 }

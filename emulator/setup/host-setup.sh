@@ -6,7 +6,8 @@
 #   3b. gVisor: runsc registered with Docker as the runtime "runsc" (optional: without it runc only)
 #   4. in a source checkout only: the project's Python environment (.venv) with the pinned SDK for the tests
 #   5. the in-sandbox agent: one static Go executable in build/agent (agent-build.sh; golang-go if missing)
-#   6. with --for-tests only (./run test): Debian's chromium, the headless browser of the dashboard tests
+#   6. with --for-tests only (./run test): Debian's chromium (the dashboard tests' headless browser) and gcc
+#      (the musl test images)
 # Every stage prints one line and skips itself when its work is already done; long ones say they are alive.
 # Everything it runs ships inside the package (this folder), so an installed wheel sets a host up alone.
 set -uo pipefail
@@ -150,6 +151,13 @@ if [ "${1:-}" = "--for-tests" ]; then
     say "chromium: installing Debian's package for the dashboard tests (tests/test_ui.py)"
     with_progress "chromium" apt_install --no-install-recommends chromium
     say "chromium: ready"
+  fi
+  if command -v gcc >/dev/null 2>&1; then
+    say "gcc: present (musl test images)"
+  else
+    say "gcc: installing Debian's package to build the musl test images (tests/images_offline.py)"
+    with_progress "gcc" apt_install --no-install-recommends gcc
+    say "gcc: ready"
   fi
 fi
 
