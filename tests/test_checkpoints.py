@@ -360,10 +360,15 @@ def test_filesystem_checkpoint_and_copy(emulator: EmulatorProcess) -> None:
             assert c.read_file("/srv/data.txt").value == b"fs-only"
             if not GVISOR:  # a copy of a gVisor sandbox is a filesystem one (RUNC_MEMORY says why)
                 assert c.get_process(p.pid).status == "running"
+        copy_image = subprocess.run(["docker", "inspect", "-f", "{{.Image}}", f"tle-{made[0]}"],
+                                    capture_output=True, text=True, check=True).stdout.strip()
     finally:
         for sid in made:
             Sandbox.connect(sid, request_timeout=T).terminate()
         src.terminate()
+    # the copies ran the deleted transient snapshot's image: it goes with the last of them
+    gone = subprocess.run(["docker", "image", "inspect", copy_image], capture_output=True)
+    assert gone.returncode != 0, f"the copies' image {copy_image} outlived them"
 
 
 def _cleanup(data_dir: Path) -> None:

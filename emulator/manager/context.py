@@ -11,6 +11,7 @@ from emulator.agent_client import AgentClients
 from emulator.backend.base import EngineInfo, RuntimeBackend
 from emulator.checkpoints.engine import CheckpointEngine
 from emulator.config import Settings
+from emulator.errors import NotFound
 from emulator.manager.fault_table import FaultTable
 from emulator.manager.pool_table import PoolTable
 from emulator.manager.run_dirs import RunDirs
@@ -57,9 +58,20 @@ class ManagerContext:
         await self.agents.close(rec.id)
         if rec.container_id:
             await self.backend.remove(rec.container_id)
+            if rec.restored_from is not None and not self._snapshot_kept(rec):
+                # Its container ran a deleted snapshot's image (a copy's transient one, say), which Docker
+                # kept untagged while the container used it: nothing else would remove it now.
+                await self.backend.prune_dangling_ours()
         if rec.suspend_checkpoint:
             await self.checkpoints.discard_suspend(rec)
         self.run_dirs.remove(rec.id)
+
+    def _snapshot_kept(self, rec: SandboxRecord) -> bool:
+        try:
+            self.checkpoints.get_snapshot(rec.namespace, rec.restored_from or "")
+        except NotFound:
+            return False
+        return True
 
     async def mark_lost(self, rec: SandboxRecord, reason: str, details: str) -> None:
         """A sandbox whose container is gone or stopped: terminated with `Failure(reason)`."""
