@@ -79,12 +79,7 @@ func hList(w http.ResponseWriter, r *http.Request, _ Params) {
 }
 
 func hStart(w http.ResponseWriter, r *http.Request, _ Params) {
-	body, err := readJSON(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	spec, err := parseSpec(body)
+	body, spec, err := readSpec(r)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -118,12 +113,7 @@ func hStart(w http.ResponseWriter, r *http.Request, _ Params) {
 }
 
 func hRun(w http.ResponseWriter, r *http.Request, _ Params) {
-	body, err := readJSON(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	spec, err := parseSpec(body)
+	_, spec, err := readSpec(r)
 	if err != nil {
 		writeError(w, err)
 		return

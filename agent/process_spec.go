@@ -346,3 +346,17 @@ func readJSON(r *http.Request) (map[string]any, error) {
 	}
 	return m, nil
 }
+
+// readSpec reads a request whose JSON body is a process spec (POST processes, processes/run, pty): the
+// body, for the fields a route adds, and its parsed spec. Errors are *HttpError 400s.
+func readSpec(r *http.Request) (map[string]any, *Spec, error) {
+	body, err := readJSON(r)
+	if err != nil {
+		return nil, nil, err
+	}
+	spec, err := parseSpec(body)
+	if err != nil {
+		return nil, nil, err
+	}
+	return body, spec, nil
+}

@@ -115,12 +115,7 @@ func ioSizeField(body map[string]any, k string, def int) (int, error) {
 // ioPtyCreate answers POST /api/v1/pty: a process spec plus rows/cols (24x80) -> 201 {session_id, token};
 // 429 TOO_MANY_SESSIONS past maxPtySessions live ones; 400 SPAWN_FAILED when it cannot start.
 func ioPtyCreate(w http.ResponseWriter, r *http.Request, _ Params) {
-	body, err := readJSON(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	spec, err := parseSpec(body)
+	body, spec, err := readSpec(r)
 	if err != nil {
 		writeError(w, err)
 		return

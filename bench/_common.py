@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sdk_shim.launcher import EmulatorProcess, free_port
 
@@ -60,3 +61,15 @@ def raw_docker_create_start() -> float:
     dt = time.perf_counter() - t0
     docker("rm", "-f", cid)
     return dt
+
+
+def run_true_times(sb: Any, n: int, warmup: int = 10) -> list[float]:
+    """Seconds of each of `n` `sb.run("true")` round trips through the SDK, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        sb.run("true")
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        sb.run("true")
+        times.append(time.perf_counter() - t0)
+    return times

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import docker, fmt, machine, pct, start_emulator, stop_emulator  # noqa: E402
+from bench._common import docker, fmt, machine, pct, run_true_times, start_emulator, stop_emulator  # noqa: E402
 
 emu = start_emulator({"TLE_WARM_RESERVE": "0"})
 from tensorlake.sandbox import Sandbox  # noqa: E402
@@ -55,13 +55,7 @@ def main() -> None:
             rss.append(rss_kib(int(docker("inspect", "-f", "{{.State.Pid}}", cid))))
         for s in kept[1:]:
             s.terminate()
-        for _ in range(10):
-            sb.run("true")
-        runs = []
-        for _ in range(100):
-            t0 = time.perf_counter()
-            sb.run("true")
-            runs.append(time.perf_counter() - t0)
+        runs = run_true_times(sb, 100)
         sb.terminate()
         print(f"idle sandbox cgroup memory after 2 s: p50 {pct(mems, 50) / 2**20:.2f} MiB "
               f"(min {min(mems) / 2**20:.2f}, max {max(mems) / 2**20:.2f}, n={len(mems)})")

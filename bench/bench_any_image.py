@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import BENCH_LABEL, docker, fmt, machine, start_emulator, stop_emulator  # noqa: E402
+from bench._common import (  # noqa: E402
+    BENCH_LABEL,
+    docker,
+    fmt,
+    machine,
+    run_true_times,
+    start_emulator,
+    stop_emulator,
+)
 
 emu = start_emulator({"TLE_WARM_RESERVE": "0"})  # the cold path: every create starts an agent
 from tensorlake.sandbox import Sandbox  # noqa: E402  (after TENSORLAKE_API_URL)
@@ -188,13 +196,7 @@ def transfers(sb: Sandbox, label: str, rounds: int = 3, pid: int | None = None) 
 def dataplane(image: str | None) -> None:
     sb = Sandbox.create(image=image, cpus=1.0, memory_mb=1024, request_timeout=120)
     try:
-        for _ in range(10):
-            sb.run("true")
-        times = []
-        for _ in range(200):
-            t0 = time.perf_counter()
-            sb.run("true")
-            times.append(time.perf_counter() - t0)
+        times = run_true_times(sb, 200)
         print(f"run('true') x200: {fmt(times)}")
         before = rss(emu.pid)
         with RssSampler(emu.pid) as sampler:

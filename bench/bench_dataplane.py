@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import fmt, machine, pct, start_emulator, stop_emulator  # noqa: E402
+from bench._common import fmt, machine, pct, run_true_times, start_emulator, stop_emulator  # noqa: E402
 
 emu = start_emulator()
 from tensorlake.sandbox import Sandbox  # noqa: E402
@@ -24,13 +24,7 @@ def main() -> None:
         print(f"machine: {machine()}")
         sb = Sandbox.create(cpus=1.0, memory_mb=1024, request_timeout=120)
         container = f"tle-{sb.sandbox_id}"
-        for _ in range(10):
-            sb.run("true")
-        sdk = []
-        for _ in range(200):
-            t0 = time.perf_counter()
-            sb.run("true")
-            sdk.append(time.perf_counter() - t0)
+        sdk = run_true_times(sb, 200)
         raw = []
         for _ in range(200):
             t0 = time.perf_counter()
