@@ -18,8 +18,9 @@ from emulator.api.body_limit import BodyLimit
 from emulator.api.images import is_context_upload
 from emulator.backend.docker import DockerBackend
 from emulator.backend.image_build import DockerImageBuilder
-from emulator.checkpoints.engine import CheckpointEngine, choose_mechanism
+from emulator.checkpoints.engine import CheckpointEngine
 from emulator.checkpoints.gvisor import GvisorMechanism
+from emulator.checkpoints.mechanisms import choose_mechanism
 from emulator.checkpoints.probe import CriuProbe
 from emulator.config import Settings, require_agent
 from emulator.errors import EmulatorError

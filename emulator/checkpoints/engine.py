@@ -31,8 +31,8 @@ from typing import Any
 
 from emulator.backend.base import LABEL_SNAPSHOT, ContainerSpec, RuntimeBackend
 from emulator.checkpoints import containerd_leftovers
-from emulator.checkpoints.gvisor import GvisorMechanism
-from emulator.checkpoints.mechanisms import DockerMechanism, Mechanism, RuncMechanism
+from emulator.checkpoints.gvisor import GVISOR_NO_CHECKPOINT, GvisorMechanism
+from emulator.checkpoints.mechanisms import Mechanism
 from emulator.checkpoints.probe import CriuProbe
 from emulator.errors import BadRequest, EmulatorError, InvalidState, NotFound, NotSupported, SnapshotFailed
 from emulator.labels import SNAPSHOT_REPO
@@ -56,27 +56,6 @@ def dir_size(path: Path) -> int:
             except OSError:
                 pass
     return total
-
-
-GVISOR_NO_CHECKPOINT = (
-    "runsc 0.0~20240729 (Debian's) refuses to checkpoint a sandbox using host networking ('checkpoint not "
-    "supported when using hostinet'), and its own network stack cannot start on this kernel ('cannot run with "
-    "network enabled in root network namespace'), so gVisor sandboxes with internet access run with host "
-    "networking; create it with allow_internet_access=False (gVisor's checkpoint works then), or use runc (no "
-    "image suffix, or +runc); filesystem snapshots work")
-
-
-def choose_mechanism(backend: RuntimeBackend, docker_root: Path, dump_root: Path, mode: str,
-                     runtime: str, runc_root: Path) -> Mechanism:
-    """TLE_CHECKPOINT: `runc` (dump with runc, restore through Docker), `docker` (Docker's API both
-    ways), `auto` (runc where the runc runtime and Docker's runc state folder are there, else docker)."""
-    if mode in ("auto", "runc") and runtime == "runc":
-        why_not = RuncMechanism.available(runc_root)
-        if why_not is None:
-            return RuncMechanism(backend, docker_root, runc_root, dump_root)
-        if mode == "runc":
-            log.warning("TLE_CHECKPOINT=runc but %s: using Docker's checkpoint API", why_not)
-    return DockerMechanism(backend, docker_root, runc_root)
 
 
 class CheckpointEngine:
@@ -171,10 +150,6 @@ class CheckpointEngine:
             if cid is not None:
                 await self.backend.remove(cid)
                 await self.mechanism.discard(cid, "canary")
-
-    @property
-    def memory_available(self) -> bool:
-        return self.probe.ok
 
     def gvisor_checkpointable(self, opts: SandboxOptions | None) -> bool:
         """Whether a gVisor sandbox of these options runs under runsc-nonet, which runsc can checkpoint."""
@@ -345,9 +320,7 @@ class CheckpointEngine:
         `dump` (left running), then thaw it: one consistent state. Raises what commit or dump raise.
         Under gVisor the agent closes its listener first and binds it again after (checkpoints/gvisor.py)."""
         mech = self._mech(runtime)
-        gvisor = mech if isinstance(mech, GvisorMechanism) else None
-        if gvisor:
-            await gvisor.before_dump(cid)
+        await mech.before_dump(cid)
         try:
             await self.backend.pause(cid)
             try:
@@ -356,8 +329,7 @@ class CheckpointEngine:
             finally:
                 await self.backend.unpause(cid)
         finally:
-            if gvisor:
-                await gvisor.after_dump(cid)
+            await mech.after_dump(cid)
 
     async def restore_new(self, snap: SnapshotRecord, spec: ContainerSpec) -> str:
         if snap.image_ref is None or (snap.snapshot_type == "memory" and snap.checkpoint_dir is None):

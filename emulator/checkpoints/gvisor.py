@@ -28,6 +28,13 @@ TOGGLE = "SIGUSR2"  # the agent's listener: close / bind again (agent/main.go)
 # runsc's words when the agent's listener was not closed yet (the signal is asynchronous)
 _STILL_BOUND = "bound host socket"
 DUMP_MARKER = "checkpoint.img"
+# why a gVisor sandbox with internet access cannot be checkpointed here (answered in a 400)
+GVISOR_NO_CHECKPOINT = (
+    "runsc 0.0~20240729 (Debian's) refuses to checkpoint a sandbox using host networking ('checkpoint not "
+    "supported when using hostinet'), and its own network stack cannot start on this kernel ('cannot run with "
+    "network enabled in root network namespace'), so gVisor sandboxes with internet access run with host "
+    "networking; create it with allow_internet_access=False (gVisor's checkpoint works then), or use runc (no "
+    "image suffix, or +runc); filesystem snapshots work")
 
 
 class GvisorMechanism(DockerMechanism):

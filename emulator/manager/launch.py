@@ -22,10 +22,10 @@ def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> Conta
     suffix (a pool's image); the record's runtime wins, then the suffix, then TLE_RUNTIME."""
     image, runtime = image_runtime(image, ctx.settings.runtime)
     # a gVisor sandbox without internet access runs with --network=none, which runsc can checkpoint
-    installed = ctx.engine.runtimes if ctx.engine else []
+    nonet = ctx.checkpoints.gvisor is not None
     return ContainerSpec(
         sandbox_id=rec.id, image=image,
-        runtime=docker_runtime(rec.runtime or runtime, gvisor_offline(rec.network_policy), installed),
+        runtime=docker_runtime(rec.runtime or runtime, gvisor_offline(rec.network_policy), nonet),
         cpus=rec.cpus, memory_mb=rec.memory_mb,
         pids_limit=ctx.settings.pids_limit,
         # A network interface even for "no internet": the policy is enforced by rules in the sandbox's

@@ -72,9 +72,9 @@ async def _resize(ctx: ManagerContext, rec: SandboxRecord, res: dict[str, Any],
 def _check_gvisor_network(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any] | None) -> None:
     """A gVisor sandbox created without internet access runs with --network=none (runtime runsc-nonet,
     docs/gvisor.md): it has no interface to open. Raises NotSupported for a policy that would need one."""
-    installed = ctx.engine.runtimes if ctx.engine else []
+    nonet = ctx.checkpoints.gvisor is not None
     runtime = rec.runtime or ctx.settings.runtime
-    if (docker_runtime(runtime, gvisor_offline(rec.network_policy), installed) == RUNSC_NONET
+    if (docker_runtime(runtime, gvisor_offline(rec.network_policy), nonet) == RUNSC_NONET
             and not gvisor_offline(policy)):
         raise NotSupported(f"Sandbox {rec.id} runs under gVisor without a network (created with "
                            "allow_internet_access=False, so that it can suspend and take memory snapshots); "

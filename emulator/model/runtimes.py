@@ -50,20 +50,22 @@ def gvisor_offline(policy: dict[str, Any] | None) -> bool:
     return policy is not None and policy.get("allow_internet_access") is False and not policy.get("allow_out")
 
 
-def docker_runtime(runtime: str, offline: bool, installed: list[str]) -> str:
+def docker_runtime(runtime: str, offline: bool, nonet: bool) -> str:
     """Docker's runtime for a sandbox of `runtime`: a gVisor sandbox without internet access (`offline`)
-    runs under RUNSC_NONET where Docker has it (docs/gvisor.md), every other one under `runtime`."""
-    return RUNSC_NONET if runtime == RUNSC and offline and RUNSC_NONET in installed else runtime
+    runs under RUNSC_NONET where gVisor checkpoints are in use (`nonet`: Docker has RUNSC_NONET and
+    checkpoints are on; docs/gvisor.md), every other one under `runtime`."""
+    return RUNSC_NONET if runtime == RUNSC and offline and nonet else runtime
 
 
-def describe(installed: list[str], default: str, criu_ok: bool) -> dict[str, dict[str, object]]:
+def describe(installed: list[str], default: str, criu_ok: bool,
+             gvisor_ok: bool = False) -> dict[str, dict[str, object]]:
     """`/emulator/capabilities` "runtimes": for each known runtime, whether Docker has it, whether it is
     the default, how a create picks it, and what a sandbox of it supports here (docs/gvisor.md)."""
     common = {"processes": True, "files": True, "pty": True, "tunnels": True, "networking": True,
               "egress_rules": True, "cpu_memory_limits": True, "filesystem_snapshots": True}
     out: dict[str, dict[str, object]] = {}
     # gVisor's own checkpoint (not CRIU), for sandboxes without internet access only (docs/gvisor.md)
-    gvisor_ckpt: object = "without internet access" if RUNSC_NONET in installed else False
+    gvisor_ckpt: object = "without internet access" if gvisor_ok else False
     for name in KNOWN:
         gvisor = name == RUNSC
         out[name] = {
