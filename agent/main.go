@@ -81,9 +81,37 @@ func run(sockPath string) int {
 	go func() { _ = srv.Serve(ln) }()
 	logf("listening on %s (pid %d, output limit %d bytes)", sockPath, os.Getpid(), table.outputLimit)
 	go entrypointAfterGate()
-	<-stop
+	// SIGUSR2 toggles the listener: closed, then bound again at the next SIGUSR2. gVisor cannot
+	// checkpoint a sandbox holding a bound host socket (--host-uds=create), so the host closes it around
+	// a gVisor checkpoint and has it bound again after the dump or restore (docs/gvisor.md).
+	toggle := make(chan os.Signal, 2)
+	signal.Notify(toggle, syscall.SIGUSR2)
+	for {
+		select {
+		case <-toggle:
+			if ln != nil {
+				_ = ln.Close()
+				ln = nil
+				logf("listener closed for a checkpoint")
+				continue
+			}
+			if ln, err = listenUnix(sockPath); err != nil {
+				logf("listening again on %s failed: %v", sockPath, err)
+				ln = nil
+				continue
+			}
+			l := ln
+			go func() { _ = srv.Serve(l) }()
+			logf("listening again on %s", sockPath)
+			continue
+		case <-stop:
+		}
+		break
+	}
 	logf("shutting down")
-	_ = ln.Close()
+	if ln != nil {
+		_ = ln.Close()
+	}
 	table.terminateAll(shutdownGrace)
 	_ = os.Remove(sockPath)
 	return 0

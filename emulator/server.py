@@ -18,7 +18,9 @@ from emulator.api.body_limit import BodyLimit
 from emulator.api.images import is_context_upload
 from emulator.backend.docker import DockerBackend
 from emulator.backend.image_build import DockerImageBuilder
-from emulator.checkpoints.engine import CheckpointEngine, choose_mechanism
+from emulator.checkpoints.engine import CheckpointEngine
+from emulator.checkpoints.gvisor import GvisorMechanism
+from emulator.checkpoints.mechanisms import choose_mechanism
 from emulator.checkpoints.probe import CriuProbe
 from emulator.config import Settings, require_agent
 from emulator.errors import EmulatorError
@@ -29,6 +31,7 @@ from emulator.manager.dockerfile import parse_aliases
 from emulator.manager.image_logs import BuilderLogMirror
 from emulator.manager.images import ImageService
 from emulator.manager.sandboxes import SandboxManager
+from emulator.model.runtimes import RUNSC_NONET
 from emulator.proxy.app import ProxyApp
 from emulator.request_log import RequestLog, RequestLogger
 from emulator.store.sqlite import Store
@@ -70,8 +73,12 @@ async def _checkpoint_engine(settings: Settings, backend: DockerBackend, store: 
     docker_root = Path(docker_info.get("DockerRootDir", "/var/lib/docker"))
     mechanism = choose_mechanism(backend, docker_root, settings.data_dir / "dumps", settings.checkpoint_mode,
                                  "runc", settings.runc_root)  # CRIU dumps serve runc sandboxes only (docs/gvisor.md)
+    # gVisor's own checkpoint for gVisor sandboxes without internet access (docs/gvisor.md), where Docker
+    # has the runsc-nonet runtime and checkpoints are not switched off
+    gvisor = (GvisorMechanism(backend, docker_root)
+              if RUNSC_NONET in engine.runtimes and settings.checkpoint_mode != "off" and engine.experimental else None)
     checkpoints = CheckpointEngine(backend, store, settings.data_dir, docker_root, probe, mechanism,
-                                   settings.default_image)
+                                   settings.default_image, gvisor)
     await checkpoints.start()
     return checkpoints
 

@@ -26,7 +26,7 @@ from tensorlake.sandbox.exceptions import RemoteAPIError, SandboxError
 from emulator.server import instance_label
 from sdk_shim.launcher import EmulatorProcess, free_port
 
-# GVISOR_NO_CHECKPOINT (emulator/checkpoints/engine.py) is the whole cause; the skip line names it short
+# GVISOR_NO_CHECKPOINT (emulator/checkpoints/gvisor.py) is the whole cause; the skip line names it short
 RUNC_MEMORY = pytest.mark.runc_only("memory dumps (suspend, memory checkpoints) serve runc sandboxes only: "
                                     "runsc cannot checkpoint with host networking here (docs/gvisor.md)")
 

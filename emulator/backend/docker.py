@@ -244,7 +244,7 @@ class DockerBackend:
     async def update_resources(self, container_id: str, cpus: float, memory_mb: int) -> None:
         body = {"NanoCpus": int(cpus * 1e9), "Memory": memory_mb * MiB, "MemorySwap": memory_mb * MiB}
         data = await self._inspect(container_id)
-        if data and (data.get("HostConfig") or {}).get("Runtime") == "runsc":
+        if data and (data.get("HostConfig") or {}).get("Runtime", "").startswith("runsc"):
             # runsc has no `update`: the host cgroup of its sandbox process takes the new limits
             pid = int((data.get("State") or {}).get("Pid") or 0)
             if not pid:
@@ -298,6 +298,13 @@ class DockerBackend:
         except DockerError as exc:
             if exc.status != 404 and "does not exist" not in exc.message:
                 log.warning("could not delete checkpoint %s of %s: %s", name, container_id, exc.message)
+
+    async def signal(self, container_id: str, sig: str) -> None:
+        """Send `sig` (e.g. "SIGUSR2") to the container's PID 1 (the agent). Raises EmulatorError."""
+        try:
+            await self.docker.containers.container(container_id).kill(signal=sig)
+        except DockerError as exc:
+            raise EmulatorError(f"could not signal the sandbox: {exc.message}") from exc
 
     async def pause(self, container_id: str) -> None:
         try:

@@ -31,13 +31,14 @@ from typing import Any
 
 from emulator.backend.base import LABEL_SNAPSHOT, ContainerSpec, RuntimeBackend
 from emulator.checkpoints import containerd_leftovers
-from emulator.checkpoints.mechanisms import DockerMechanism, Mechanism, RuncMechanism
+from emulator.checkpoints.gvisor import GVISOR_NO_CHECKPOINT, GvisorMechanism
+from emulator.checkpoints.mechanisms import Mechanism
 from emulator.checkpoints.probe import CriuProbe
 from emulator.errors import BadRequest, EmulatorError, InvalidState, NotFound, NotSupported, SnapshotFailed
 from emulator.labels import SNAPSHOT_REPO
 from emulator.model.ids import new_snapshot_id
-from emulator.model.records import SandboxRecord, SnapshotRecord
-from emulator.model.runtimes import RUNSC
+from emulator.model.records import SandboxOptions, SandboxRecord, SnapshotRecord
+from emulator.model.runtimes import RUNSC, RUNSC_NONET, gvisor_offline
 from emulator.store.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -57,35 +58,18 @@ def dir_size(path: Path) -> int:
     return total
 
 
-GVISOR_NO_CHECKPOINT = (
-    "runsc 0.0~20240729 (Debian's) refuses to checkpoint a sandbox using host networking ('checkpoint not "
-    "supported when using hostinet'), and its own network stack cannot start on this kernel ('cannot run with "
-    "network enabled in root network namespace'), so gVisor sandboxes run with host networking; use runc (no "
-    "image suffix, or +runc) for sandboxes that suspend or take memory snapshots; filesystem snapshots work")
-
-
-def choose_mechanism(backend: RuntimeBackend, docker_root: Path, dump_root: Path, mode: str,
-                     runtime: str, runc_root: Path) -> Mechanism:
-    """TLE_CHECKPOINT: `runc` (dump with runc, restore through Docker), `docker` (Docker's API both
-    ways), `auto` (runc where the runc runtime and Docker's runc state folder are there, else docker)."""
-    if mode in ("auto", "runc") and runtime == "runc":
-        why_not = RuncMechanism.available(runc_root)
-        if why_not is None:
-            return RuncMechanism(backend, docker_root, runc_root, dump_root)
-        if mode == "runc":
-            log.warning("TLE_CHECKPOINT=runc but %s: using Docker's checkpoint API", why_not)
-    return DockerMechanism(backend, docker_root, runc_root)
-
-
 class CheckpointEngine:
     def __init__(self, backend: RuntimeBackend, store: Store, data_dir: Path, docker_root: Path,
-                 probe: CriuProbe, mechanism: Mechanism, canary_image: str) -> None:
+                 probe: CriuProbe, mechanism: Mechanism, canary_image: str,
+                 gvisor: GvisorMechanism | None = None) -> None:
         self.backend = backend
         self.store = store
         self.dir = data_dir / "snapshots"
         self.docker_root = docker_root
         self.probe = probe
         self.mechanism = mechanism
+        # gVisor's own checkpoint, for gVisor sandboxes without internet access (None: Docker has no runsc-nonet)
+        self.gvisor = gvisor
         self.canary_image = canary_image
         self.canary: dict[str, Any] | None = None
         self._snapshots: dict[str, SnapshotRecord] = {}
@@ -167,20 +151,27 @@ class CheckpointEngine:
                 await self.backend.remove(cid)
                 await self.mechanism.discard(cid, "canary")
 
-    @property
-    def memory_available(self) -> bool:
+    def gvisor_checkpointable(self, opts: SandboxOptions | None) -> bool:
+        """Whether a gVisor sandbox of these options runs under runsc-nonet, which runsc can checkpoint."""
+        return self.gvisor is not None and opts is not None and gvisor_offline(opts.network_policy)
+
+    def memory_available_for(self, runtime: str | None, opts: SandboxOptions | None = None) -> bool:
+        """Whether a sandbox of `runtime` (None: runc) and options `opts` can have its memory dumped: CRIU
+        works for a runc one; a gVisor one only without internet access (docs/gvisor.md)."""
+        if runtime == RUNSC:
+            return self.gvisor_checkpointable(opts)
         return self.probe.ok
 
-    def memory_available_for(self, runtime: str | None) -> bool:
-        """Whether a sandbox of `runtime` (None: runc) can have its memory dumped: CRIU works and the
-        sandbox is a runc one (docs/gvisor.md says why gVisor sandboxes cannot here)."""
-        return self.probe.ok and runtime != RUNSC
-
-    def require_memory(self, what: str, runtime: str | None = None) -> None:
+    def require_memory(self, what: str, runtime: str | None = None, opts: SandboxOptions | None = None) -> None:
         """Raises NotSupported, naming the cause, when `what` cannot be done for a sandbox of `runtime`."""
         if runtime == RUNSC:
-            raise NotSupported(f"{what} of a gVisor (runsc) sandbox is not supported on this host: "
-                               f"{GVISOR_NO_CHECKPOINT}")
+            if self.gvisor_checkpointable(opts):
+                return
+            if self.gvisor is None:
+                raise NotSupported(f"{what} of a gVisor (runsc) sandbox is not supported on this host: Docker "
+                                   f"has no '{RUNSC_NONET}' runtime (emulator/setup/gvisor-install.sh registers it)")
+            raise NotSupported(f"{what} of a gVisor (runsc) sandbox with internet access is not supported on "
+                               f"this host: {GVISOR_NO_CHECKPOINT}")
         if not self.probe.ok:
             raise NotSupported(f"{what} is not supported on this host: {self.probe.reason}")
 
@@ -193,7 +184,7 @@ class CheckpointEngine:
         self._dump_failed.discard(rec.id)
         try:
             try:
-                await self.mechanism.dump_stop(rec.container_id, SUSPEND_NAME)
+                await self._mech(rec.runtime).dump_stop(rec.container_id, SUSPEND_NAME)
             except EmulatorError as first:
                 # A connection the agent had not yet closed when the dump started makes CRIU refuse
                 # (external unix socket peer); by now it is gone, so one retry settles it.
@@ -201,7 +192,7 @@ class CheckpointEngine:
                     raise
                 log.info("suspend dump of %s failed, retrying once: %s", rec.id, first.message)
                 await asyncio.sleep(0.5)
-                await self.mechanism.dump_stop(rec.container_id, SUSPEND_NAME)
+                await self._mech(rec.runtime).dump_stop(rec.container_id, SUSPEND_NAME)
         except SnapshotFailed:
             self._dump_failed.add(rec.id)
             raise
@@ -219,27 +210,28 @@ class CheckpointEngine:
     async def resume(self, rec: SandboxRecord) -> None:
         assert rec.container_id and rec.suspend_checkpoint
         self._dump_failed.discard(rec.id)
-        await self.mechanism.restore_in_place(rec.container_id, rec.suspend_checkpoint)
+        await self._mech(rec.runtime).restore_in_place(rec.container_id, rec.suspend_checkpoint)
         rec.suspend_checkpoint = None
 
     def has_suspend_dump(self, rec: SandboxRecord) -> bool:
         if not rec.container_id:
             return False
-        d = self.mechanism.checkpoint_dir(rec.container_id, SUSPEND_NAME)
-        return (d / "inventory.img").is_file()
+        mech = self._mech(rec.runtime)
+        d = mech.checkpoint_dir(rec.container_id, SUSPEND_NAME)
+        return (d / getattr(mech, "marker", "inventory.img")).is_file()
 
     def suspend_dump_dir(self, rec: SandboxRecord) -> Path | None:
         """Where a suspended sandbox's dump lies (for its size), None when it has none."""
         if not (rec.container_id and rec.suspend_checkpoint):
             return None
-        return self.mechanism.checkpoint_dir(rec.container_id, rec.suspend_checkpoint)
+        return self._mech(rec.runtime).checkpoint_dir(rec.container_id, rec.suspend_checkpoint)
 
     def mark_suspended(self, rec: SandboxRecord) -> None:
         rec.suspend_checkpoint = SUSPEND_NAME
 
     async def discard_suspend(self, rec: SandboxRecord) -> None:
         if rec.container_id and rec.suspend_checkpoint:
-            await self.mechanism.discard(rec.container_id, rec.suspend_checkpoint)
+            await self._mech(rec.runtime).discard(rec.container_id, rec.suspend_checkpoint)
         rec.suspend_checkpoint = None
 
     # ---- snapshots ----------------------------------------------------------------------------
@@ -264,7 +256,7 @@ class CheckpointEngine:
             detail = f": {snap.error}" if snap.error else ""
             raise BadRequest(f"Snapshot {snap.id} is {snap.status} and cannot be restored{detail}")
         if snap.snapshot_type == "memory":
-            self.require_memory("restoring a memory snapshot", snap.runtime)
+            self.require_memory("restoring a memory snapshot", snap.runtime, snap)
             if memory_mb is not None and memory_mb != snap.memory_mb:
                 raise BadRequest(f"A memory snapshot restores with its original memory_mb={snap.memory_mb}; "
                                  f"got {memory_mb}")
@@ -288,7 +280,7 @@ class CheckpointEngine:
             if snap.snapshot_type == "memory":
                 snap.image_ref = f"{SNAPSHOT_REPO}:{tag}"
                 try:
-                    await self._commit_and_dump(cid, snap.id, tag, dump)
+                    await self._commit_and_dump(cid, snap.id, tag, dump, rec.runtime)
                 except EmulatorError as first:
                     if isinstance(first, SnapshotFailed) and first.permanent:
                         raise
@@ -298,7 +290,7 @@ class CheckpointEngine:
                     log.info("snapshot dump of %s failed, retrying once: %s", rec.id, first.message)
                     await self.backend.remove_image(snap.image_ref)
                     await asyncio.sleep(0.5)
-                    await self._commit_and_dump(cid, snap.id, tag, dump)
+                    await self._commit_and_dump(cid, snap.id, tag, dump, rec.runtime)
                 snap.checkpoint_dir = str(dump)
             else:
                 await self.backend.commit(cid, SNAPSHOT_REPO, tag)  # Docker pauses around the commit
@@ -323,26 +315,35 @@ class CheckpointEngine:
                 snap.image_ref = None
         await self.store.save_snapshot(snap)
 
-    async def _commit_and_dump(self, cid: str, snap_id: str, tag: str, dump: Path) -> None:
+    async def _commit_and_dump(self, cid: str, snap_id: str, tag: str, dump: Path, runtime: str | None) -> None:
         """Freeze the container, commit its files as SNAPSHOT_REPO:`tag` and dump its processes into
-        `dump` (left running), then thaw it: one consistent state. Raises what commit or dump raise."""
-        await self.backend.pause(cid)
+        `dump` (left running), then thaw it: one consistent state. Raises what commit or dump raise.
+        Under gVisor the agent closes its listener first and binds it again after (checkpoints/gvisor.py)."""
+        mech = self._mech(runtime)
+        await mech.before_dump(cid)
         try:
-            await self.backend.commit(cid, SNAPSHOT_REPO, tag)
-            await self.mechanism.dump_running(cid, snap_id, dump)
+            await self.backend.pause(cid)
+            try:
+                await self.backend.commit(cid, SNAPSHOT_REPO, tag)
+                await mech.dump_running(cid, snap_id, dump)
+            finally:
+                await self.backend.unpause(cid)
         finally:
-            await self.backend.unpause(cid)
+            await mech.after_dump(cid)
 
     async def restore_new(self, snap: SnapshotRecord, spec: ContainerSpec) -> str:
         if snap.image_ref is None or (snap.snapshot_type == "memory" and snap.checkpoint_dir is None):
             raise EmulatorError(f"Snapshot {snap.id} has no stored content")
         spec.image = snap.image_ref
         spec.labels[LABEL_SNAPSHOT] = snap.id
+        mech = self._mech(snap.runtime)
+        if snap.snapshot_type == "memory" and isinstance(mech, GvisorMechanism):
+            spec.runtime = RUNSC_NONET  # gVisor's state file restores under the runtime that wrote it
         cid = await self.backend.create(spec)
         try:
             if snap.snapshot_type == "memory":
                 assert snap.checkpoint_dir
-                await self.mechanism.restore_new(cid, snap.id, Path(snap.checkpoint_dir))
+                await mech.restore_new(cid, snap.id, Path(snap.checkpoint_dir))
             else:
                 await self.backend.start(cid)
         except BaseException:
@@ -376,17 +377,24 @@ class CheckpointEngine:
     async def forget_suspend(self, rec: SandboxRecord) -> None:
         """A suspend or resume cut off with the sandbox running: its (partial or consumed) dump goes."""
         if rec.container_id:
-            await self.mechanism.discard(rec.container_id, SUSPEND_NAME)
+            await self._mech(rec.runtime).discard(rec.container_id, SUSPEND_NAME)
         rec.suspend_checkpoint = None
 
     async def sweep_dumps(self, live_container_ids: set[str]) -> None:
         """Dumps of containers that no longer exist (a terminate cut off) go."""
-        await self.mechanism.sweep(live_container_ids)
+        await self.mechanism.sweep(live_container_ids)  # gVisor's live in the containers' folders
+
+    def _mech(self, runtime: str | None) -> Mechanism:
+        """The mechanism for a sandbox or snapshot of `runtime`: gVisor's own for runsc, else CRIU's."""
+        if runtime == RUNSC and self.gvisor is not None:
+            return self.gvisor
+        return self.mechanism
 
     def describe(self) -> dict[str, Any]:
         return {"criu": self.probe.ok, "criu_detail": self.probe.reason, "criu_version": self.probe.version,
                 "mechanism": self.mechanism.name, "canary": self.canary,
-                "memory_snapshots": self.probe.ok, "filesystem_snapshots": True}
+                "memory_snapshots": self.probe.ok, "filesystem_snapshots": True,
+                "gvisor_mechanism": self.gvisor.name if self.gvisor else None}
 
 
 __all__ = ["CheckpointEngine", "EmulatorError"]

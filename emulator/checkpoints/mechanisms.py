@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -24,6 +25,8 @@ from emulator.checkpoints.containerd_leftovers import NONCE_FILE, remove_copy_of
 from emulator.checkpoints.criu_errors import snapshot_failure
 from emulator.checkpoints.preflight import DEFAULT_RUNC_ROOT, refuse_unrestorable
 from emulator.errors import EmulatorError
+
+log = logging.getLogger(__name__)
 
 
 class Mechanism(Protocol):
@@ -55,6 +58,12 @@ class Mechanism(Protocol):
 
     async def freeze(self, container_id: str) -> None:
         """Freeze a container through the runtime directly (`runc pause`), behind the engine's back."""
+
+    async def before_dump(self, container_id: str) -> None:
+        """Before the engine freezes a running container for a snapshot (gVisor: the agent's listener closes)."""
+
+    async def after_dump(self, container_id: str) -> None:
+        """After the engine thawed it again (gVisor: the agent's listener is bound again)."""
 
 
 def link_or_copy_tree(src: Path, dst: Path) -> None:
@@ -130,6 +139,12 @@ class DockerMechanism:
 
     async def discard(self, container_id: str, name: str) -> None:
         pass  # the dump lives in the container's folder and goes with it
+
+    async def before_dump(self, container_id: str) -> None:
+        pass  # CRIU dumps the agent's socket as it is
+
+    async def after_dump(self, container_id: str) -> None:
+        pass
 
     async def sweep(self, live_container_ids: set[str]) -> None:
         pass  # dumps live in the containers' folders and go with them
@@ -269,6 +284,19 @@ class RuncMechanism(DockerMechanism):
             await self._start_from(container_id, name, nonce)
         finally:
             await self.backend.delete_checkpoint(container_id, name)
+
+
+def choose_mechanism(backend: RuntimeBackend, docker_root: Path, dump_root: Path, mode: str,
+                     runtime: str, runc_root: Path) -> Mechanism:
+    """TLE_CHECKPOINT: `runc` (dump with runc, restore through Docker), `docker` (Docker's API both
+    ways), `auto` (runc where the runc runtime and Docker's runc state folder are there, else docker)."""
+    if mode in ("auto", "runc") and runtime == "runc":
+        why_not = RuncMechanism.available(runc_root)
+        if why_not is None:
+            return RuncMechanism(backend, docker_root, runc_root, dump_root)
+        if mode == "runc":
+            log.warning("TLE_CHECKPOINT=runc but %s: using Docker's checkpoint API", why_not)
+    return DockerMechanism(backend, docker_root, runc_root)
 
 
 async def thaw_frozen(runc_root: Path, runc: str, container_ids: list[str]) -> None:

@@ -11,7 +11,7 @@ from emulator.manager import egress, faults, image_checks
 from emulator.manager.context import ManagerContext
 from emulator.model.faults import Fault
 from emulator.model.records import SandboxRecord, SnapshotRecord
-from emulator.model.runtimes import image_runtime
+from emulator.model.runtimes import docker_runtime, gvisor_offline, image_runtime
 from emulator.model.states import SandboxStatus
 
 log = logging.getLogger(__name__)
@@ -21,8 +21,12 @@ def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> Conta
     """The container a sandbox record asks for (its run folder is made here). `image` may carry a runtime
     suffix (a pool's image); the record's runtime wins, then the suffix, then TLE_RUNTIME."""
     image, runtime = image_runtime(image, ctx.settings.runtime)
+    # a gVisor sandbox without internet access runs with --network=none, which runsc can checkpoint
+    nonet = ctx.checkpoints.gvisor is not None
     return ContainerSpec(
-        sandbox_id=rec.id, image=image, runtime=rec.runtime or runtime, cpus=rec.cpus, memory_mb=rec.memory_mb,
+        sandbox_id=rec.id, image=image,
+        runtime=docker_runtime(rec.runtime or runtime, gvisor_offline(rec.network_policy), nonet),
+        cpus=rec.cpus, memory_mb=rec.memory_mb,
         pids_limit=ctx.settings.pids_limit,
         # A network interface even for "no internet": the policy is enforced by rules in the sandbox's
         # namespace (manager/egress.py), so `update` can open or close it on a running sandbox.

@@ -43,7 +43,7 @@ async def reap_held(ctx: ManagerContext, now: float) -> list[tuple[str, str]]:
             fired.append((rec.id, "pending_timeout"))
         if rec.status != S.running or rec.deadline_ms is None or rec.deadline_ms > now:
             continue
-        if (rec.name or rec.pool_id) and ctx.checkpoints.memory_available_for(rec.runtime):
+        if (rec.name or rec.pool_id) and ctx.checkpoints.memory_available_for(rec.runtime, rec):
             log.info("sandbox %s reached its timeout: suspending (named or claimed from a pool)", rec.id)
             rec.deadline_ms = None
             ctx.tasks.spawn("timeout-suspend", rec.id, _suspend_on_timeout(ctx, rec))

@@ -29,7 +29,7 @@ async def start_suspend(ctx: ManagerContext, rec: SandboxRecord) -> bool:
         return False
     if rec.status != S.running:
         raise InvalidState(f"Sandbox {rec.id} cannot be suspended while {rec.status}")
-    ctx.checkpoints.require_memory("suspend", rec.runtime)
+    ctx.checkpoints.require_memory("suspend", rec.runtime, rec)
     ctx.transition_errors.pop(rec.id, None)
     await ctx.table.move(rec, S.suspending)
     ctx.tasks.spawn("suspend", rec.id, metrics.timed(
@@ -108,9 +108,9 @@ async def start_snapshot(ctx: ManagerContext, rec: SandboxRecord, snapshot_type:
     """
     if rec.status != S.running:
         raise InvalidState(f"Sandbox {rec.id} can be snapshotted only while running (it is {rec.status})")
-    kind = snapshot_type or ("memory" if ctx.checkpoints.memory_available_for(rec.runtime) else "filesystem")
+    kind = snapshot_type or ("memory" if ctx.checkpoints.memory_available_for(rec.runtime, rec) else "filesystem")
     if kind == "memory":
-        ctx.checkpoints.require_memory("memory checkpoint", rec.runtime)
+        ctx.checkpoints.require_memory("memory checkpoint", rec.runtime, rec)
     snap = await ctx.checkpoints.new_snapshot(rec, kind, transient)
     await ctx.table.move(rec, S.snapshotting)
     ctx.tasks.spawn("snapshot", rec.id, metrics.timed(

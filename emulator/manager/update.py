@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from emulator.errors import BadRequest, EmulatorError, InvalidState
+from emulator.errors import BadRequest, EmulatorError, InvalidState, NotSupported
 from emulator.manager import egress
 from emulator.manager.context import ManagerContext
 from emulator.model.records import ResourceResize, SandboxRecord
+from emulator.model.runtimes import RUNSC_NONET, docker_runtime, gvisor_offline
 from emulator.model.states import SandboxStatus
 
 CheckResources = Callable[[float | None, int | None], None]
@@ -31,6 +32,7 @@ async def apply(ctx: ManagerContext, rec: SandboxRecord, changes: dict[str, Any]
     if changes.get("auto_resume") is False and not (changes.get("name") or rec.name):
         raise BadRequest("auto_resume=false requires a named sandbox")
     if "network" in changes:
+        _check_gvisor_network(ctx, rec, changes["network"])
         # Enforced first: a policy that cannot be put in force changes nothing at all.
         await egress.update(ctx, rec, changes["network"])
     for key in ("name", "auto_resume", "exposed_ports", "allow_unauthenticated_access"):
@@ -65,3 +67,15 @@ async def _resize(ctx: ManagerContext, rec: SandboxRecord, res: dict[str, Any],
             rec.resource_resize = ResourceResize(generation=gen, requested=requested, status="succeeded")
         await ctx.table.save(rec)
     return rec
+
+
+def _check_gvisor_network(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any] | None) -> None:
+    """A gVisor sandbox created without internet access runs with --network=none (runtime runsc-nonet,
+    docs/gvisor.md): it has no interface to open. Raises NotSupported for a policy that would need one."""
+    nonet = ctx.checkpoints.gvisor is not None
+    runtime = rec.runtime or ctx.settings.runtime
+    if (docker_runtime(runtime, gvisor_offline(rec.network_policy), nonet) == RUNSC_NONET
+            and not gvisor_offline(policy)):
+        raise NotSupported(f"Sandbox {rec.id} runs under gVisor without a network (created with "
+                           "allow_internet_access=False, so that it can suspend and take memory snapshots); "
+                           "its network cannot be opened: create a new sandbox with internet access")

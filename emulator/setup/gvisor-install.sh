@@ -28,6 +28,11 @@ PROBE_IMAGE=${1:-${TLE_DEFAULT_IMAGE:-tensorlake-emulator/sandbox:latest}}
 #   layer, as under runc, so `docker commit` (filesystem snapshots) and `docker diff` see them (runsc's
 #   default keeps them in a sandbox-private file store that Docker cannot read).
 FLAGS=(--host-uds=create --network=host --overlay2=none)
+# A second runtime for gVisor sandboxes without internet access: --network=none (loopback inside gVisor
+# only). runsc refuses to checkpoint a sandbox with host networking ("checkpoint not supported when using
+# hostinet"), but checkpoints one with --network=none: suspend/resume and memory snapshots (docs/gvisor.md).
+NONET_NAME=${NAME}-nonet
+NONET_FLAGS=(--host-uds=create --network=none --overlay2=none)
 
 say() { printf 'gvisor: %s\n' "$*"; }
 unavailable() { say "NOT AVAILABLE ($*); sandboxes run with runc"; exit 0; }
@@ -64,7 +69,7 @@ fi
 # ---- 2. Docker's runtime entry ------------------------------------------------------------------
 # Merged into daemon.json (other keys kept); returns 0 when the file changed.
 register() {
-  python3 - "$DAEMON_JSON" "$NAME" "$BIN" "$@" <<'EOF'
+  python3 - "$DAEMON_JSON" "$@" <<'EOF'
 import json, os, sys
 path, name, binary, args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 try:
@@ -83,12 +88,13 @@ os.replace(path + ".tmp", path)
 EOF
 }
 unregister() {
-  python3 - "$DAEMON_JSON" "$NAME" <<'EOF'
+  python3 - "$DAEMON_JSON" "$NAME" "$NONET_NAME" <<'EOF'
 import json, os, sys
-path, name = sys.argv[1], sys.argv[2]
+path, names = sys.argv[1], sys.argv[2:]
 with open(path) as f:
     conf = json.load(f)
-conf.get("runtimes", {}).pop(name, None)
+for name in names:
+    conf.get("runtimes", {}).pop(name, None)
 with open(path + ".tmp", "w") as f:
     json.dump(conf, f, indent=2)
 os.replace(path + ".tmp", path)
@@ -101,18 +107,21 @@ reload_dockerd() {
   [ -n "$pid" ] || return 1
   kill -HUP "$pid" || return 1
   for _ in $(seq 1 20); do
-    if [ "$1" = present ]; then engine_runtimes | grep -qw "$NAME" && return 0
+    if [ "$1" = present ]; then engine_runtimes | grep -qw -- "$NONET_NAME" && return 0
     else engine_runtimes | grep -qw "$NAME" || return 0; fi
     sleep 0.25
   done
   return 1
 }
 
-if register "${FLAGS[@]}"; then
-  say "registered runtime '$NAME' in $DAEMON_JSON: $BIN ${FLAGS[*]}"
+changed=1
+register "$NAME" "$BIN" "${FLAGS[@]}" && changed=0
+register "$NONET_NAME" "$BIN" "${NONET_FLAGS[@]}" && changed=0
+if [ "$changed" = 0 ]; then
+  say "registered runtimes '$NAME' ($BIN ${FLAGS[*]}) and '$NONET_NAME' (${NONET_FLAGS[*]}) in $DAEMON_JSON"
   reload_dockerd present || unavailable "dockerd did not pick up '$NAME' after SIGHUP (is this host's dockerd ours to signal?)"
   say "dockerd reloaded with SIGHUP (running containers untouched)"
-elif ! engine_runtimes | grep -qw "$NAME"; then
+elif ! engine_runtimes | grep -qw -- "$NONET_NAME"; then
   reload_dockerd present || unavailable "dockerd does not list '$NAME' even after SIGHUP"
   say "dockerd reloaded with SIGHUP"
 else

@@ -1,0 +1,127 @@
+"""`runsc`: gVisor's own checkpoint and restore, through Docker's checkpoint API, for gVisor sandboxes
+without internet access (Docker runtime `runsc-nonet`: runsc with --network=none; docs/gvisor.md).
+
+Why not for every gVisor sandbox: runsc refuses to checkpoint a sandbox with host networking ("checkpoint
+not supported when using hostinet"), and its own network stack cannot start on this kernel.
+
+The agent's socket: with --host-uds=create the agent's listening socket is a host socket, and runsc
+cannot save one ("Cannot save endpoint with bound host socket"). The agent closes its listener on SIGUSR2
+and binds it again on the next SIGUSR2 (agent/main.go), so every dump is wrapped: SIGUSR2 (close), dump,
+and SIGUSR2 again where the agent runs on (after a snapshot, after a restore). The proxy's connections to
+the agent are closed by the manager before any dump, as for CRIU.
+
+Dumps are gVisor's state file (`checkpoint.img`) in Docker's checkpoint folder of the container; a snapshot's
+is moved to the snapshot's folder, and a restore into a new container copies it back (with a nonce file:
+containerd refuses an upload identical to one it still holds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from emulator.checkpoints.containerd_leftovers import NONCE_FILE
+from emulator.checkpoints.mechanisms import DockerMechanism, link_or_copy_tree, move_tree
+from emulator.errors import EmulatorError, SnapshotFailed
+
+TOGGLE = "SIGUSR2"  # the agent's listener: close / bind again (agent/main.go)
+# runsc's words when the agent's listener was not closed yet (the signal is asynchronous)
+_STILL_BOUND = "bound host socket"
+DUMP_MARKER = "checkpoint.img"
+# why a gVisor sandbox with internet access cannot be checkpointed here (answered in a 400)
+GVISOR_NO_CHECKPOINT = (
+    "runsc 0.0~20240729 (Debian's) refuses to checkpoint a sandbox using host networking ('checkpoint not "
+    "supported when using hostinet'), and its own network stack cannot start on this kernel ('cannot run with "
+    "network enabled in root network namespace'), so gVisor sandboxes with internet access run with host "
+    "networking; create it with allow_internet_access=False (gVisor's checkpoint works then), or use runc (no "
+    "image suffix, or +runc); filesystem snapshots work")
+
+
+class GvisorMechanism(DockerMechanism):
+    """Docker's checkpoint API on runsc-nonet containers, with the agent's listener closed around it."""
+
+    name = "runsc"
+    marker = DUMP_MARKER
+
+    async def _quiet(self, container_id: str) -> None:
+        await self.backend.signal(container_id, TOGGLE)
+
+    async def relisten(self, container_id: str) -> None:
+        """Have the agent bind its socket again (after a dump it survived, or a restore)."""
+        await self.backend.signal(container_id, TOGGLE)
+
+    async def _checkpoint(self, container_id: str, name: str, leave_running: bool) -> None:
+        """The dump, retried while the agent has not yet closed its listener. Raises SnapshotFailed."""
+        last = ""
+        for delay in (0.05, 0.1, 0.2, 0.4, 0.8):
+            await asyncio.sleep(delay)
+            try:
+                await self.backend.checkpoint(container_id, name, leave_running=leave_running)
+                return
+            except EmulatorError as exc:
+                last = exc.message
+                await self.backend.delete_checkpoint(container_id, name)
+                if _STILL_BOUND not in last:
+                    break
+        raise SnapshotFailed(f"gVisor could not checkpoint the sandbox: {last}")
+
+    async def dump_stop(self, container_id: str, name: str) -> None:
+        await self.backend.delete_checkpoint(container_id, name)
+        await self._quiet(container_id)
+        try:
+            await self._checkpoint(container_id, name, leave_running=False)
+        except EmulatorError:
+            await self.relisten(container_id)  # still running: the agent serves again
+            raise
+
+    async def _wait_stopped(self, container_id: str) -> None:
+        for _ in range(400):
+            state = await self.backend.state(container_id)
+            if state is None or not state.running:
+                return
+            await asyncio.sleep(0.02)
+        raise EmulatorError("the container did not stop after its checkpoint")
+
+    async def restore_in_place(self, container_id: str, name: str) -> None:
+        await self._wait_stopped(container_id)
+        await asyncio.to_thread(self._make_unique, container_id, name)
+        try:
+            await self.backend.start_from_checkpoint(container_id, name)
+        finally:
+            await self.backend.delete_checkpoint(container_id, name)
+        await self.relisten(container_id)
+
+    async def before_dump(self, container_id: str) -> None:
+        """Before the engine freezes a running sandbox for a snapshot: the agent closes its listener."""
+        await self._quiet(container_id)
+
+    async def after_dump(self, container_id: str) -> None:
+        """After the engine thawed it again: the agent binds its socket again."""
+        await self.relisten(container_id)
+
+    async def dump_running(self, container_id: str, name: str, dest: Path) -> None:
+        await self.backend.delete_checkpoint(container_id, name)
+        await self._checkpoint(container_id, name, leave_running=True)
+        await asyncio.to_thread(_move, self.checkpoint_dir(container_id, name), dest)
+
+    async def restore_new(self, container_id: str, name: str, src: Path) -> None:
+        if not (src / DUMP_MARKER).is_file():
+            raise EmulatorError(f"restore failed: the gVisor dump in {src} is missing")
+        await asyncio.to_thread(link_or_copy_tree, src, self.checkpoint_dir(container_id, name))
+        await asyncio.to_thread(self._make_unique, container_id, name)
+        try:
+            await self.backend.start_from_checkpoint(container_id, name)
+        finally:
+            await self.backend.delete_checkpoint(container_id, name)
+        await self.relisten(container_id)
+
+    async def thaw(self, container_ids: list[str]) -> None:
+        pass  # no CRIU freezer here; Docker's paused containers are unpaused by the engine
+
+    async def freeze(self, container_id: str) -> None:
+        pass
+
+
+def _move(src: Path, dst: Path) -> None:
+    move_tree(src, dst)
+    (dst / NONCE_FILE).unlink(missing_ok=True)
