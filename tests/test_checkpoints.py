@@ -7,108 +7,33 @@ cannot interrupt, so a server bug must fail the call, not hang the run.
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
+from checkpoint_helpers import (  # noqa: E402
+    COUNTER,
+    RUNC_MEMORY,
+    WRITER,
+    T,
+    W,
+    _assert_contiguous,
+    _container_running,
+    _counter_lines,
+    _http,
+    _status,
+    _uid,
+    _wait_more,
+)
 from runtime_helpers import GVISOR
 from tensorlake.sandbox import AsyncSandbox, CheckpointType, Sandbox
 from tensorlake.sandbox.exceptions import RemoteAPIError, SandboxError
 
-from emulator.server import instance_label
-from sdk_shim.launcher import EmulatorProcess, free_port
-
-# GVISOR_NO_CHECKPOINT (emulator/checkpoints/gvisor.py) is the whole cause; the skip line names it short
-RUNC_MEMORY = pytest.mark.runc_only("memory dumps (suspend, memory checkpoints) serve runc sandboxes only: "
-                                    "runsc cannot checkpoint with host networking here (docs/gvisor.md)")
-
-
-T = 60.0  # request_timeout of creates and connects
-W = 60.0  # timeout of suspend / resume / checkpoint
+from sdk_shim.launcher import EmulatorProcess
 
 pytestmark = pytest.mark.timeout(300)
-
-# A counter that proves continuity: it prints consecutive numbers and a token drawn once at start,
-# holds that token (and 20 MB) in memory, and appends each number to a file.
-COUNTER = """
-import os, sys, time
-token = os.urandom(8).hex()
-blob = bytearray(20 * 1024 * 1024)
-i = 0
-f = open('/tmp/counter.txt', 'a')
-while True:
-    i += 1
-    print(f'{token} {i}', flush=True)
-    f.write(f'{i}\\n'); f.flush()
-    time.sleep(0.05)
-"""
-
-# A writer that appends fixed-size records as fast as it can: a checkpoint lands mid-stream.
-WRITER = """
-import os
-fd = os.open('/tmp/stream.txt', os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-i = 0
-while True:
-    i += 1
-    os.write(fd, b'%09d\\n' % i)
-"""
-
-
-def _uid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-def _http(method: str, url: str) -> tuple[int, object]:
-    req = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
-
-
-def _container_running(sandbox_id: str) -> bool | None:
-    out = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", f"tle-{sandbox_id}"],
-                         capture_output=True, text=True)
-    return None if out.returncode else out.stdout.strip() == "true"
-
-
-def _counter_lines(sb: Sandbox, pid: int) -> list[tuple[str, int]]:
-    lines = [ln.split() for ln in sb.get_stdout(pid).lines if ln.strip()]
-    return [(tok, int(n)) for tok, n in lines]
-
-
-def _assert_contiguous(values: list[tuple[str, int]]) -> None:
-    assert values, "no output"
-    tokens = {t for t, _ in values}
-    assert len(tokens) == 1, f"the counter restarted (tokens {tokens})"
-    nums = [n for _, n in values]
-    assert nums == list(range(1, len(nums) + 1)), "the counter skipped or repeated numbers"
-
-
-def _wait_more(sb: Sandbox, pid: int, than: int, timeout: float = 10.0) -> list[tuple[str, int]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        vals = _counter_lines(sb, pid)
-        if vals and vals[-1][1] > than:
-            return vals
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the counter did not advance past {than}: {vals[-3:]}")
-        time.sleep(0.1)
-
-
-def _status(api_url: str, ident: str) -> dict:
-    code, body = _http("GET", f"{api_url}/v1/namespaces/default/sandboxes/{ident}")
-    assert code == 200, body
-    return body  # type: ignore[return-value]
 
 
 # ---- capabilities ---------------------------------------------------------------------------------
@@ -371,125 +296,6 @@ def test_filesystem_checkpoint_and_copy(emulator: EmulatorProcess) -> None:
     assert gone.returncode != 0, f"the copies' image {copy_image} outlived them"
 
 
-def _cleanup(data_dir: Path) -> None:
-    """What a test's own emulator left (snapshot images of a failed run): by its label only."""
-    label = f"dev.tensorlake-emulator.instance={instance_label(data_dir)}"
-    ids = subprocess.run(["docker", "images", "-q", "--filter", f"label={label}"], capture_output=True,
-                         text=True).stdout.split()
-    for image in dict.fromkeys(ids):
-        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
-    shutil.rmtree(data_dir, ignore_errors=True)
-
-
-# ---- restart survival and hosts without CRIU ------------------------------------------------------
-
-
-@RUNC_MEMORY
-def test_snapshots_and_suspended_sandboxes_survive_a_restart() -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="tle-cp-restart-", dir="/tmp"))
-    api_port, proxy_port = free_port(), free_port()
-    api = f"http://localhost:{api_port}"
-    first = EmulatorProcess(data_dir=data_dir, api_port=api_port, proxy_port=proxy_port,
-                            extra_env={"TLE_TERMINATE_ON_EXIT": "0"}).start()
-    second = None
-    try:
-        name = f"rst-{_uid()}"
-        sb = Sandbox.create(name=name, memory_mb=256, request_timeout=T, api_url=api)
-        p = sb.start_process("python3", ["-u", "-c", COUNTER])
-        _wait_more(sb, p.pid, 3)
-        snap = sb.checkpoint(timeout=W)
-        assert snap is not None
-        last = _counter_lines(sb, p.pid)[-1][1]
-        sb.suspend(timeout=W)
-        first.stop()
-        second = EmulatorProcess(data_dir=data_dir, api_port=api_port, proxy_port=proxy_port).start()
-        assert _status(api, name)["status"] == "suspended"
-        assert Sandbox.get_snapshot(snap.snapshot_id, api_url=api).status in ("local_ready", "completed")
-        again = Sandbox.connect(name, request_timeout=T, api_url=api)
-        again.resume(timeout=W)
-        vals = _wait_more(again, p.pid, last + 2)
-        _assert_contiguous(vals)
-        with Sandbox.create(snapshot_id=snap.snapshot_id, request_timeout=T, api_url=api) as restored:
-            _assert_contiguous(_wait_more(restored, p.pid, 5))
-        again.terminate()
-        Sandbox.delete_snapshot(snap.snapshot_id, api_url=api, request_timeout=T)
-    finally:
-        (second or first).stop()
-        first.stop()
-        _cleanup(data_dir)
-
-
-def test_without_criu_memory_is_refused_and_filesystem_works() -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="tle-cp-off-", dir="/tmp"))
-    emu = EmulatorProcess(data_dir=data_dir, extra_env={"TLE_CHECKPOINT": "off"}).start()
-    api = emu.api_url
-    try:
-        code, caps = _http("GET", f"{api}/emulator/capabilities")
-        assert caps["checkpoints"]["criu"] is False  # type: ignore[index]
-        assert "not supported on this host" in emu.log_tail(200).lower()
-        sb = Sandbox.create(name=f"off-{_uid()}", memory_mb=256, request_timeout=T, api_url=api)
-        try:
-            with pytest.raises(RemoteAPIError) as err:
-                sb.suspend(timeout=W)
-            assert err.value.status_code == 400 and "not supported on this host" in str(err.value)
-            with pytest.raises(RemoteAPIError) as err:
-                sb.checkpoint(timeout=W, checkpoint_type=CheckpointType.MEMORY)
-            assert err.value.status_code == 400 and "not supported on this host" in str(err.value)
-            # gVisor keeps /tmp in a sandbox-private tmpfs that no snapshot sees (docs/gvisor.md)
-            path = "/srv/f.txt" if GVISOR else "/tmp/f.txt"
-            sb.write_file(path, b"cold")
-            snap = sb.checkpoint(timeout=W)  # default type: filesystem where CRIU is missing
-            assert snap is not None and snap.snapshot_type == "filesystem"
-            with Sandbox.create(snapshot_id=snap.snapshot_id, request_timeout=T, api_url=api) as cold:
-                assert cold.read_file(path).value == b"cold"
-            Sandbox.delete_snapshot(snap.snapshot_id, api_url=api, request_timeout=T)
-            assert sb.run("echo", ["fine"]).stdout.strip() == "fine"
-        finally:
-            sb.terminate()
-    finally:
-        emu.stop()
-        _cleanup(data_dir)
-
-
-# ---- the product page's example, verbatim ---------------------------------------------------------
-
-
-@RUNC_MEMORY
-def test_seed_example_sync(emulator: EmulatorProcess) -> None:
-    sandbox = Sandbox.create(name="my-env", cpus=1.0)
-    try:
-        sandbox.suspend()
-        sandbox.resume()
-
-        snapshot = sandbox.checkpoint()
-        restored = Sandbox.create(snapshot_id=snapshot.snapshot_id)
-        assert restored.sandbox_id != sandbox.sandbox_id
-        assert restored.run("echo", ["ok"]).stdout.strip() == "ok"
-        restored.terminate()
-        Sandbox.delete_snapshot(snapshot.snapshot_id, request_timeout=T)
-    finally:
-        sandbox.terminate()
-
-
-@RUNC_MEMORY
-def test_seed_example_async(emulator: EmulatorProcess) -> None:
-    async def main() -> None:
-        sandbox = await AsyncSandbox.create(name="my-env", cpus=1.0)
-        try:
-            await sandbox.suspend()
-            await sandbox.resume()
-
-            snapshot = await sandbox.checkpoint()
-            restored = await AsyncSandbox.create(snapshot_id=snapshot.snapshot_id)
-            assert (await restored.run("echo", ["ok"])).stdout.strip() == "ok"
-            await restored.terminate()
-            await asyncio.to_thread(Sandbox.delete_snapshot, snapshot.snapshot_id, request_timeout=T)
-        finally:
-            await sandbox.terminate()
-
-    asyncio.run(main())
-
-
 @RUNC_MEMORY
 def test_follow_stream_during_suspend(emulator: EmulatorProcess) -> None:
     """An open follow stream is a host connection into the agent, which CRIU cannot dump: the
@@ -579,38 +385,3 @@ def test_failed_suspend_is_a_clear_error_not_a_hang(emulator: EmulatorProcess) -
         assert sb.run("echo", ["alive"]).stdout.strip() == "alive"
     finally:
         sb.terminate()
-
-
-# ---- gVisor (the gVisor pass of ./run test; docs/gvisor.md) ----------------------------------------
-
-
-@pytest.mark.skipif(not GVISOR, reason="the gVisor pass only (TLE_TEST_RUNTIME=runsc)")
-def test_gvisor_memory_dumps_name_the_cause_and_filesystem_snapshots_survive_a_restart() -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="tle-cp-gvisor-", dir="/tmp"))
-    api_port, proxy_port = free_port(), free_port()
-    api = f"http://localhost:{api_port}"
-    first = EmulatorProcess(data_dir=data_dir, api_port=api_port, proxy_port=proxy_port,
-                            extra_env={"TLE_TERMINATE_ON_EXIT": "0"}).start()
-    second = None
-    try:
-        sb = Sandbox.create(name=f"gv-{_uid()}", memory_mb=256, request_timeout=T, api_url=api)
-        assert sb.info().runtime == "runsc"
-        for call in (lambda: sb.suspend(timeout=W),
-                     lambda: sb.checkpoint(timeout=W, checkpoint_type=CheckpointType.MEMORY)):
-            with pytest.raises(RemoteAPIError) as err:
-                call()
-            assert err.value.status_code == 400 and "gVisor" in str(err.value) and "hostinet" in str(err.value)
-        sb.write_file("/srv/kept.txt", b"under gvisor")
-        snap = sb.checkpoint(timeout=W)  # the default type of a gVisor sandbox: filesystem
-        assert snap is not None and snap.snapshot_type == "filesystem"
-        first.stop()
-        second = EmulatorProcess(data_dir=data_dir, api_port=api_port, proxy_port=proxy_port).start()
-        with Sandbox.create(snapshot_id=snap.snapshot_id, request_timeout=T, api_url=api) as cold:
-            assert cold.info().runtime == "runsc"  # a restore keeps the snapshot's runtime
-            assert cold.read_file("/srv/kept.txt").value == b"under gvisor"
-        Sandbox.connect(sb.sandbox_id, request_timeout=T, api_url=api).terminate()
-        Sandbox.delete_snapshot(snap.snapshot_id, api_url=api, request_timeout=T)
-    finally:
-        (second or first).stop()
-        first.stop()
-        _cleanup(data_dir)
