@@ -36,6 +36,7 @@ NEEDS = {
     "tests/test_dataplane.py::test_run_exit_codes_and_streams": "has(CommandResult, 'timed_out')",
     "tests/test_dataplane.py::test_oom_killed_process_reports_it": "has(CommandResult, 'reason')",
     "tests/test_dataplane.py::test_managed_process_restart": "takes(Sandbox.restart_process, 'process')",
+    "tests/test_lifecycle.py::test_runtime_per_sandbox_by_image_suffix": "has(SandboxInfo, 'runtime')",
 }
 # Releases before 0.5.58 do not route by the sandbox_url the emulator answers: they take the proxy from
 # TENSORLAKE_SANDBOX_PROXY_URL (or assume localhost:9443), which tests/conftest.py sets for them. A test
