@@ -74,14 +74,6 @@ class GvisorMechanism(DockerMechanism):
             await self.relisten(container_id)  # still running: the agent serves again
             raise
 
-    async def _wait_stopped(self, container_id: str) -> None:
-        for _ in range(400):
-            state = await self.backend.state(container_id)
-            if state is None or not state.running:
-                return
-            await asyncio.sleep(0.02)
-        raise EmulatorError("the container did not stop after its checkpoint")
-
     async def restore_in_place(self, container_id: str, name: str) -> None:
         await self._wait_stopped(container_id)
         await asyncio.to_thread(self._make_unique, container_id, name)

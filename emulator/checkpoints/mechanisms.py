@@ -167,6 +167,16 @@ class DockerMechanism:
         finally:
             await self.backend.delete_checkpoint(container_id, name)
 
+    async def _wait_stopped(self, container_id: str) -> None:
+        """Wait up to 8 s until Docker sees the container stopped after a dump that stopped it (the
+        runtime kills it behind containerd's back; Docker notices a little later). Raises EmulatorError."""
+        for _ in range(400):
+            state = await self.backend.state(container_id)
+            if state is None or not state.running:
+                return
+            await asyncio.sleep(0.02)
+        raise EmulatorError("the container did not stop after its checkpoint")
+
 
 class RuncMechanism(DockerMechanism):
     """`runc`: dumps with runc directly on Docker's own container state, into the emulator's data
@@ -232,14 +242,6 @@ class RuncMechanism(DockerMechanism):
         # the exit 50-150 ms later. A suspend is complete once the dump is written and the processes
         # are gone, so that wait is left to whoever needs Docker to agree (restore_in_place).
         await self._runc_checkpoint(container_id, self.checkpoint_dir(container_id, name), leave_running=False)
-
-    async def _wait_stopped(self, container_id: str) -> None:
-        for _ in range(400):
-            state = await self.backend.state(container_id)
-            if state is None or not state.running:
-                return
-            await asyncio.sleep(0.02)
-        raise EmulatorError("the container did not stop after its checkpoint")
 
     async def restore_in_place(self, container_id: str, name: str) -> None:
         src = self.checkpoint_dir(container_id, name)
