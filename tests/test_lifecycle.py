@@ -250,17 +250,19 @@ def test_restart_keeps_running_sandbox_and_reconciles(tmp_path) -> None:
     # TLE_TERMINATE_ON_EXIT=0: stopping the emulator leaves its sandboxes running, as a cloud would.
     emu = EmulatorProcess(data_dir=tmp_path / "data", extra_env={"TLE_TERMINATE_ON_EXIT": "0"}).start()
     url = emu.api_url
-    sb = Sandbox.create(api_url=url, request_timeout=T)
-    sid = sb.sandbox_id
-    sb.write_file("/workspace/keep.txt", b"kept")
-    gone = Sandbox.create(api_url=url, request_timeout=T)
-    # stop the emulator, remove one container behind its back, then restart on the same data folder
-    assert emu.proc is not None
-    emu.proc.send_signal(15)
-    emu.proc.wait(60)
-    subprocess.run(["docker", "rm", "-f", f"tle-{gone.sandbox_id}"], capture_output=True, check=True)
-    emu2 = EmulatorProcess(data_dir=tmp_path / "data", api_port=emu.api_port, proxy_port=emu.proxy_port).start()
+    emu2: EmulatorProcess | None = None
+    sid: str | None = None
     try:
+        sb = Sandbox.create(api_url=url, request_timeout=T)
+        sid = sb.sandbox_id
+        sb.write_file("/workspace/keep.txt", b"kept")
+        gone = Sandbox.create(api_url=url, request_timeout=T)
+        # stop the emulator, remove one container behind its back, then restart on the same data folder
+        assert emu.proc is not None
+        emu.proc.send_signal(15)
+        emu.proc.wait(60)
+        subprocess.run(["docker", "rm", "-f", f"tle-{gone.sandbox_id}"], capture_output=True, check=True)
+        emu2 = EmulatorProcess(data_dir=tmp_path / "data", api_port=emu.api_port, proxy_port=emu.proxy_port).start()
         again = Sandbox.connect(sid, api_url=url, request_timeout=T)
         assert again.status == "running"
         assert again.read_file("/workspace/keep.txt").value == b"kept"
@@ -268,8 +270,13 @@ def test_restart_keeps_running_sandbox_and_reconciles(tmp_path) -> None:
         status, body = _http("GET", f"{url}/v1/namespaces/default/sandboxes/{gone.sandbox_id}")
         assert body["status"] == "terminated" and body["termination_reason"] == "container_lost"
     finally:
-        Sandbox.connect(sid, api_url=url, request_timeout=T).terminate()
-        emu2.stop()
+        # Whatever failed, neither emulator outlives the test (a failure before the restart used to leave
+        # the first one running, refilling its warm reserve for ever).
+        if emu2 is not None and sid is not None:
+            Sandbox.connect(sid, api_url=url, request_timeout=T).terminate()
+        if emu2 is not None:
+            emu2.stop()
+        emu.stop()
 
 
 def test_missing_runtime_is_a_clear_error(tmp_path) -> None:
