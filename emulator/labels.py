@@ -21,6 +21,11 @@ LABEL_SESSION = f"{LABEL_PREFIX}.session"
 LABEL_SNAPSHOT = f"{LABEL_PREFIX}.snapshot-id"
 LABEL_POOL = f"{LABEL_PREFIX}.pool-id"  # warm and claimed containers of a pool
 LABEL_CANARY = f"{LABEL_PREFIX}.canary"
+# On every layer an image build commits (a LABEL after each FROM), value the instance label; see
+# emulator.manager.images. The engine's own `labels` build option adds LABEL_INSTANCE as separate steps,
+# so a running build's intermediate layers are untagged AND carry LABEL_INSTANCE: the dangling-image
+# prune must leave images with this label while a build runs (RuntimeBackend.prune_exempt).
+LABEL_BUILD = f"{LABEL_PREFIX}.build-instance"
 # The repository every filesystem snapshot is committed to (`tensorlake-emulator/snapshot:<tag>`).
 SNAPSHOT_REPO = "tensorlake-emulator/snapshot"
 

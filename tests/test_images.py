@@ -9,6 +9,7 @@ emulator accepts any key, so the module sets one.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import io
 import json
@@ -27,9 +28,9 @@ from pathlib import Path
 import pytest
 from tensorlake.image import Image, delete_sandbox_image, find_sandbox_image_by_name, list_sandbox_images
 from tensorlake.image.sandbox_builder import SandboxImageBuildError, SandboxImageDeleteError, build_sandbox_image
-from tensorlake.sandbox import AsyncSandbox, Sandbox, SandboxClient
+from tensorlake.sandbox import AsyncSandbox, CheckpointType, Sandbox, SandboxClient
 
-from emulator.labels import LABEL_INSTANCE, LABEL_SESSION
+from emulator.labels import LABEL_INSTANCE, LABEL_SESSION, instance_label
 from emulator.manager.image_context import DISK_ADVICE, MEMORY_ADVICE
 from sdk_shim.launcher import EmulatorProcess
 
@@ -182,6 +183,36 @@ def test_async_builds_in_parallel_and_async_sandboxes(tmp_path: Path) -> None:
     finally:
         for name in names:
             delete_sandbox_image(name)
+
+
+def test_a_snapshot_delete_during_a_build_leaves_its_layers(tmp_path: Path, emulator: EmulatorProcess) -> None:
+    # The engine's `labels` build option commits one LABEL step per label, so a build's last layers are
+    # untagged and carry the instance label for a moment; any dangling-image prune then (a snapshot
+    # delete, another build's publication) took them: "failed to get digest". A first stage with the
+    # user's own LABEL of that key widens the moment to the whole second stage: its image waits untagged,
+    # unused and labelled until COPY --from, so the prune lands in it every time.
+    name = _name()
+    text = (f"FROM {BASE} AS one\nLABEL {LABEL_INSTANCE}={instance_label(emulator.data_dir)}\n"
+            f"RUN echo built > /who\nFROM {BASE}\nRUN sleep 5\nCOPY --from=one /who /who\n")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        build = pool.submit(build_sandbox_image, _dockerfile(tmp_path, text), registered_name=name)
+        sb = Sandbox.create(memory_mb=256, request_timeout=T)
+        try:
+            time.sleep(1.5)  # the build is in its second stage's sleep
+            snap = sb.checkpoint(timeout=T, checkpoint_type=CheckpointType.FILESYSTEM)
+            assert snap is not None
+            Sandbox.delete_snapshot(snap.snapshot_id)
+        finally:
+            sb.terminate()
+        build.result(timeout=120)
+    try:
+        sb2 = Sandbox.create(image=name, memory_mb=256, request_timeout=T)
+        try:
+            assert sb2.run("cat", args=["/who"]).stdout.strip() == "built"
+        finally:
+            sb2.terminate()
+    finally:
+        delete_sandbox_image(name)
 
 
 def test_start_then_cancel_a_build(tmp_path: Path) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiodocker
@@ -64,6 +66,7 @@ class DockerBackend:
         self._runtime = runtime
         self._instance = instance
         self._docker: aiodocker.Docker | None = None
+        self._prune_exempt: Counter[str] = Counter()
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -327,8 +330,20 @@ class DockerBackend:
             raise BackendUnavailable(f"Docker list failed: {exc.message}") from exc
         return [c.id for c in items]
 
+    @contextlib.contextmanager
+    def prune_exempt(self, label: str) -> Iterator[None]:
+        """While open (nests), prune_dangling_ours leaves images carrying `label`: a running build's layers."""
+        self._prune_exempt[label] += 1
+        try:
+            yield
+        finally:
+            self._prune_exempt[label] -= 1
+
     async def prune_dangling_ours(self) -> int:
-        """Remove untagged images that carry our label (deleted snapshots once no container uses them)."""
+        """Remove untagged images with our label (deleted snapshots no container uses); how many went.
+
+        Skips images carrying a label held by prune_exempt; engine errors are swallowed.
+        """
         filters = json.dumps(instance_filter(self._instance, dangling=["true"]))
         try:
             images = await self.docker.images.list(filters=filters)
@@ -336,6 +351,8 @@ class DockerBackend:
             return 0
         removed = 0
         for img in images:
+            if any(self._prune_exempt[label] > 0 for label in img.get("Labels") or {}):
+                continue
             try:
                 await self.docker.images.delete(img["Id"], noprune=False)
                 removed += 1

@@ -19,6 +19,7 @@ from pathlib import Path
 from emulator.backend.base import LABEL_INSTANCE, LABEL_NAMESPACE, LABEL_PREFIX, LABEL_SESSION, RuntimeBackend
 from emulator.backend.image_build import BuildLimits, DockerImageBuilder
 from emulator.errors import BadRequest, EmulatorError, NotFound
+from emulator.labels import LABEL_BUILD
 from emulator.manager import dockerfile
 from emulator.manager.image_context import (
     DISK_ADVICE,
@@ -39,10 +40,9 @@ from emulator.store.sqlite import Store
 log = logging.getLogger("emulator.images")
 
 LABEL_IMAGE_NAME = f"{LABEL_PREFIX}.image-name"
-# On every layer a build commits (a LABEL after each FROM), so the cached steps of a failed build are
-# found again; a key of its own, not LABEL_INSTANCE, so that the dangling-image prune of snapshot
-# deletes never takes the last layer of a build still running. Pruned here when no build runs.
-LABEL_BUILD = f"{LABEL_PREFIX}.build-instance"
+# LABEL_BUILD is on every layer a build commits (a LABEL after each FROM), so the cached steps of a failed
+# build are found again. Layers carrying it are exempt from the backend's dangling-image prune while a
+# build runs, and pruned here when none does.
 
 
 class ImageBuildInProgress(EmulatorError):
@@ -222,7 +222,11 @@ class ImageService:
     async def _run(self, build: BuildRecord) -> None:
         path = self._context_path(build.build_id)
         try:
-            await self._build(build, path)
+            # The engine's `labels` option commits a LABEL step per label, so this build's intermediate
+            # layers are untagged and carry LABEL_INSTANCE: a snapshot delete or another build's
+            # publication elsewhere would prune them mid-build ("failed to get digest").
+            with self._backend.prune_exempt(LABEL_BUILD):
+                await self._build(build, path)
         except asyncio.CancelledError:
             why = "cancelled" if build.build_id in self._cancelled else "the emulator stopped during the build"
             self._fail(build, why, status="cancelled")

@@ -7,8 +7,9 @@ against real Docker, CRIU and agents in tests/test_*.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,10 @@ class FakeBackend:
 
     async def prune_dangling_ours(self) -> int:
         return 0
+
+    @contextlib.contextmanager
+    def prune_exempt(self, label: str) -> Iterator[None]:
+        yield
 
     async def close(self) -> None:
         pass
