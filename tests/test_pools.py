@@ -197,9 +197,9 @@ def test_warm_containers_are_adopted_across_a_restart() -> None:
         # The field name SDKs up to 0.5.113 send for disk_mb, served back under both names.
         resources = _api(f"{base}/sandbox-pools/{pool_id}")["resources"]
         assert resources["disk_mb"] == resources["ephemeral_disk_mb"] == 4096
+        # Listed once its agent answered: only such a warm container is adopted by the next start-up.
         _until(lambda: len(_pool_containers(pool_id)) == 1 and _api(f"{base}/sandbox-pools/{pool_id}")["containers"],
                "warm container")
-        time.sleep(1.5)  # its agent answers
         before = _pool_containers(pool_id)
         first.stop()
         second = EmulatorProcess(data_dir=data_dir, api_port=api_port, proxy_port=proxy_port).start()

@@ -67,8 +67,9 @@ class PoolManager:
 
     def containers(self, pool: PoolRecord) -> list[PoolContainerView]:
         """Idle warm containers, then the claimed sandboxes that hold a container (suspended and queued
-        ones do not)."""
-        views = [PoolContainerView(w.id, "Idle", None) for w in pool.warm]
+        ones do not). A warm container is Idle once its agent answers (a claim then takes it at once);
+        one still starting is not listed."""
+        views = [PoolContainerView(w.id, "Idle", None) for w in pool.warm if w.ready]
         for rec in warm.claimed(self._ctx, pool):
             if warm.holds_container(rec):
                 views.append(PoolContainerView(rec.pool_container_id or rec.id, "Running", rec.id))
