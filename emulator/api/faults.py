@@ -49,12 +49,12 @@ async def create_fault(request: Request) -> JSONResponse:
     """Put a fault in force (201). An oom_kill acts at once; its answer (200) lists the killed sandboxes."""
     spec = await _spec(request)
     fault = await _faults(request).inject(spec)
-    return JSONResponse(fault.model_dump(), status_code=200 if spec.kind == "oom_kill" else 201)
+    return JSONResponse(fault.wire(), status_code=200 if spec.kind == "oom_kill" else 201)
 
 
 @router.get("")
 async def list_faults(request: Request) -> JSONResponse:
-    return JSONResponse({"faults": [f.model_dump() for f in _faults(request).all()]})
+    return JSONResponse({"faults": [f.wire() for f in _faults(request).all()]})
 
 
 @router.delete("/{fault_id}")

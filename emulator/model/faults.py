@@ -49,6 +49,20 @@ class FaultSpec(BaseModel):
     method: str | None = Field(None, max_length=16)  # proxy kinds: only this HTTP method
 
 
+# The fields each kind reads besides the scope; the others are left out of its wire shape.
+KIND_FIELDS: dict[str, tuple[str, ...]] = {
+    "create_pending": ("pending_reason", "hold_secs"),
+    "create_fail": ("reason", "message"),
+    "no_capacity": ("pending_reason",),
+    **{f"{t}_fail": ("message",) for t in TRANSITIONS},
+    **{f"{t}_slow": ("delay_secs",) for t in TRANSITIONS},
+    "proxy_error": ("status", "path", "method"),
+    "proxy_cut": ("after_bytes", "path", "method"),
+    "oom_kill": (),
+}
+COMMON_FIELDS = ("id", "kind", "namespace", "session", "sandbox", "count", "created_ms", "fired", "sandboxes")
+
+
 class Fault(FaultSpec):
     """A fault in force: its id, when it was made (epoch ms), how often it acted and on which sandboxes."""
 
@@ -56,3 +70,7 @@ class Fault(FaultSpec):
     created_ms: int
     fired: int = 0
     sandboxes: list[str] = Field(default_factory=list)  # the sandboxes it acted on (the last 100)
+
+    def wire(self) -> dict[str, object]:
+        """The JSON shape of `/emulator/faults`: the scope, the counters and the fields of its kind only."""
+        return self.model_dump(include=set(COMMON_FIELDS + KIND_FIELDS[self.kind]))

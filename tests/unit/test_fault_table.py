@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 from pydantic import ValidationError
 
 from emulator.errors import NotFound
 from emulator.manager.fault_table import FaultTable
-from emulator.model.faults import CREATE_KINDS, PROXY_KINDS, FaultSpec
+from emulator.model.faults import CREATE_KINDS, KIND_FIELDS, PROXY_KINDS, Fault, FaultKind, FaultSpec
 
 
 def test_scope_fields_combine_and_the_oldest_match_wins() -> None:
@@ -56,3 +58,14 @@ def test_bad_specs_are_refused() -> None:
                 {"kind": "create_pending", "surprise": 1}):
         with pytest.raises(ValidationError):
             FaultSpec.model_validate(bad)
+
+
+def test_a_faults_wire_shape_has_the_fields_of_its_kind_only() -> None:
+    oom = Fault(id="f1", created_ms=1, kind="oom_kill", sandbox="sb")
+    assert set(oom.wire()) == {"id", "kind", "namespace", "session", "sandbox", "count", "created_ms", "fired",
+                               "sandboxes"}
+    err = Fault(id="f2", created_ms=1, kind="proxy_error", status=502, path="/files").wire()
+    assert (err["status"], err["path"], err["method"]) == (502, "/files", None) and "delay_secs" not in err
+    slow = Fault(id="f3", created_ms=1, kind="resume_slow", delay_secs=2.5).wire()
+    assert slow["delay_secs"] == 2.5 and "reason" not in slow and "message" not in slow
+    assert set(KIND_FIELDS) == set(get_args(FaultKind))  # every kind has its fields named
