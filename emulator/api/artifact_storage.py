@@ -20,8 +20,10 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 
 from emulator.api import validation
+from emulator.api.bodies import parse_body
 from emulator.api.errors import error_body
 from emulator.errors import BadRequest, NotFound
 from emulator.manager.file_systems import PROJECT, FileSystems
@@ -60,14 +62,19 @@ async def list_repos(request: Request, project: str) -> JSONResponse:
     return JSONResponse({"project": project, "repos": repos, "next_after": None})
 
 
+class CreateRepoRequest(BaseModel):
+    """The body of a repository create (docs/protocol.md §6.9); the SDK sends the kind, others may not."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str = "filesystem"
+
+
 @router.post("/project/{project}/repos/{name}")
 async def create_repo(request: Request, project: str, name: str) -> JSONResponse:
     _project(project)
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise BadRequest("Malformed JSON body") from None
-    if not isinstance(body, dict) or body.get("kind", "filesystem") != "filesystem":
+    body = await parse_body(request, CreateRepoRequest, "repository request")
+    if body.kind != "filesystem":
         raise BadRequest("only repositories of kind 'filesystem' are served by this emulator")
     session = validation.session_label(request.headers.get("x-tle-session"))
     rec = await _fs(request).create(name, session or request.app.state.settings.session_label or None)

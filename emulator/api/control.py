@@ -7,7 +7,6 @@ Never the cloud's paths: the SDK does not call these; tests do, directly or thro
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt
 
 from emulator import metrics
 from emulator.api import validation
+from emulator.api.bodies import parse_body
 from emulator.clock import CLOCK, MAX_ADVANCE_SECS
 from emulator.errors import BadRequest
 from emulator.manager.sandboxes import SandboxManager
@@ -93,10 +93,7 @@ async def get_clock() -> JSONResponse:
 async def advance_clock(request: Request) -> JSONResponse:
     """Body {"seconds": N}: the clock moves forward N s and the deadlines passed act now; the answer
     lists them. A named sandbox's timeout suspend is started here and finishes in the background."""
-    try:
-        body = AdvanceRequest.model_validate(json.loads(await request.body() or b"{}"))
-    except ValueError as exc:
-        raise BadRequest(f'The body must be {{"seconds": N}} with N a number > 0: {str(exc)[:200]}') from None
+    body = await parse_body(request, AdvanceRequest, 'clock advance {"seconds": N}')
     seconds = float(body.seconds)
     if not (math.isfinite(seconds) and 0 < seconds <= MAX_ADVANCE_SECS):
         raise BadRequest(f"seconds must be > 0 and at most {MAX_ADVANCE_SECS}; got {body.seconds}")

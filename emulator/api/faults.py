@@ -8,13 +8,11 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
 from emulator.api import validation
+from emulator.api.bodies import parse_body
 from emulator.errors import BadRequest
 from emulator.manager.faults import FaultControl
 from emulator.model.faults import FaultSpec
@@ -27,17 +25,9 @@ def _faults(request: Request) -> FaultControl:
 
 
 async def _spec(request: Request) -> FaultSpec:
-    try:
-        data = json.loads(await request.body() or b"null")
-    except ValueError as exc:
-        raise BadRequest(f"Malformed JSON body: {str(exc)[:200]}") from None
-    if not isinstance(data, dict):
+    if not (await request.body()).strip():
         raise BadRequest('The body must be a JSON object such as {"kind": "create_fail", "namespace": "ns"}')
-    try:
-        spec = FaultSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise BadRequest(f"Invalid fault: {problems}") from None
+    spec = await parse_body(request, FaultSpec, "fault")
     if spec.namespace is not None:
         validation.namespace(spec.namespace)
     validation.session_label(spec.session)

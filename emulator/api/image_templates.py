@@ -16,10 +16,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from emulator.api import validation
+from emulator.api.bodies import parse_body
 from emulator.api.images import NAMESPACE, _error, _rfc3339, _svc
 from emulator.backend.image_build import BuildLimits
 from emulator.errors import BadRequest, EmulatorError, NotFound
@@ -70,19 +71,11 @@ def template_wire(rec: ImageRecord) -> dict[str, Any]:
             "createdAt": _rfc3339(rec.created_at), "updatedAt": _rfc3339(rec.updated_at)}
 
 
-def _parse(model: type[_Camel], raw: bytes) -> Any:
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise BadRequest(f"Invalid request: {problems}") from exc
-
-
 @router.post(BUILDS)
 async def prepare(request: Request) -> Response:
     s = request.app.state.settings
     try:
-        req = _parse(PrepareRequest, await request.body())
+        req = await parse_body(request, PrepareRequest)
         if not _DOCKER_NAME.match(req.name):
             raise BadRequest(f"image name {req.name!r} is not usable as a local image tag: lowercase letters, "
                              "digits and . _ - / separators")
@@ -103,7 +96,7 @@ async def prepare(request: Request) -> Response:
 async def complete(build_id: str, request: Request) -> Response:
     svc: ImageService = _svc(request)
     try:
-        req = _parse(CompleteRequest, await request.body())
+        req = await parse_body(request, CompleteRequest)
         if not req.snapshot_uri.startswith(SNAPSHOT_SCHEME):
             raise BadRequest(f"snapshotUri {req.snapshot_uri!r} was not written by the emulator's builder command")
         builder = request.app.state.manager.resolve_route(req.snapshot_uri.removeprefix(SNAPSHOT_SCHEME))

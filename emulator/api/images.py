@@ -11,10 +11,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from emulator.api import validation
-from emulator.errors import BadRequest, EmulatorError, NotSupported
+from emulator.api.bodies import parse_body
+from emulator.errors import EmulatorError, NotSupported
 from emulator.manager.images import ImageBuildInProgress, ImageService
 from emulator.model.images import BuildRecord, ImageRecord
 
@@ -85,11 +86,7 @@ def build_wire(svc: ImageService, build: BuildRecord) -> dict[str, Any]:
 @router.post("/images/v4/builds")
 async def create_build(request: Request) -> Response:
     try:
-        try:
-            req = CreateBuildRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise BadRequest(f"Invalid build request: {problems}") from exc
+        req = await parse_body(request, CreateBuildRequest, "build request")
         if req.kind != "dockerfile":
             raise NotSupported(f"{req.kind!r} builds are not supported: the emulator builds Dockerfiles on the "
                                "local engine and reaches no registry to import from")
@@ -121,11 +118,8 @@ async def upload_context(build_id: str, request: Request) -> Response:
 @router.post("/images/v4/builds/{build_id}/context/seal")
 async def seal_context(build_id: str, request: Request) -> Response:
     try:
-        raw = await request.body()
-        req = SealRequest.model_validate_json(raw) if raw.strip() else SealRequest()
+        req = await parse_body(request, SealRequest, "seal request")
         build = await _svc(request).seal(build_id, req.digest)
-    except ValidationError as exc:
-        return _error(BadRequest(f"Invalid seal request: {exc.errors()[0]['msg']}"))
     except EmulatorError as exc:
         return _error(exc)
     return JSONResponse(build_wire(_svc(request), build))
@@ -139,10 +133,7 @@ class CancelRequest(BaseModel):
 async def cancel_build(request: Request) -> Response:
     """`{"build_id"}` -> `{"outcome", "build"}` (the SDK's `builds.cancel_build`)."""
     try:
-        try:
-            req = CancelRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise BadRequest(f"Invalid cancel request: {exc.errors()[0]['msg']}") from exc
+        req = await parse_body(request, CancelRequest, "cancel request")
         outcome = await _svc(request).cancel(req.build_id)
         build = _svc(request).get_build(req.build_id)
     except EmulatorError as exc:

@@ -6,20 +6,19 @@ The same router is mounted twice: under /v1/namespaces/{namespace} (local mode) 
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from emulator.api import validation, wire
+from emulator.api.bodies import parse_body
 from emulator.errors import BadRequest
 from emulator.manager.sandboxes import SandboxManager
 
 router = APIRouter()
-M = TypeVar("M", bound=BaseModel)
 _TIMES = re.compile(r"[0-9]{1,4}", re.ASCII)
 
 
@@ -34,30 +33,6 @@ def _ns(request: Request) -> str:
 
 def _json(model: BaseModel, status: int = 200) -> JSONResponse:
     return JSONResponse(model.model_dump(mode="json"), status_code=status)
-
-
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
-
-
-async def _parse(request: Request, model: type[M]) -> M:
-    """The body as model; BadRequest for anything else (the body size is capped by api/body_limit.py)."""
-    raw = await request.body()
-    if not raw.strip():
-        data: Any = {}
-    else:
-        try:
-            data = json.loads(raw, parse_constant=_not_json)
-        except (ValueError, RecursionError) as exc:
-            # ValueError covers bad UTF-8 and over-long integers too; RecursionError, nesting too deep.
-            raise BadRequest(f"Malformed JSON body: {str(exc)[:200] or type(exc).__name__}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("The request body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise BadRequest(f"Invalid request: {problems}") from exc
 
 
 def _info(request: Request, rec: Any) -> JSONResponse:
@@ -91,7 +66,7 @@ def _header_ms(request: Request, header: str) -> float:
 @router.post("/sandboxes")
 async def create_sandbox(request: Request) -> Response:
     ns = _ns(request)
-    req = await _parse(request, wire.CreateSandboxRequest)
+    req = await parse_body(request, wire.CreateSandboxRequest)
     session = validation.session_label(request.headers.get("x-tle-session"))
     budget = create_budget(request, req.wait)  # a bad header is a 400 before anything is made
     rec = await _mgr(request).create(ns, req.to_spec(session or request.app.state.settings.session_label or None))
@@ -147,7 +122,7 @@ async def get_sandbox(request: Request, ident: str) -> JSONResponse:
 async def update_sandbox(request: Request, ident: str) -> JSONResponse:
     mgr = _mgr(request)
     rec = mgr.lookup(_ns(request), ident)
-    req = await _parse(request, wire.UpdateSandboxRequest)
+    req = await parse_body(request, wire.UpdateSandboxRequest)
     changes = req.model_dump(exclude_unset=True)
     if not changes:
         raise BadRequest("Nothing to update: give at least one of name, exposed_ports, "
@@ -189,7 +164,7 @@ async def resume_sandbox(request: Request, ident: str) -> JSONResponse:
 async def create_snapshot(request: Request, ident: str) -> JSONResponse:
     mgr = _mgr(request)
     rec = mgr.lookup(_ns(request), ident)
-    req = await _parse(request, wire.SnapshotRequest)
+    req = await parse_body(request, wire.SnapshotRequest)
     snap = await mgr.snapshot(rec, req.snapshot_type)
     return _json(wire.CreateSnapshotResponse(snapshot_id=snap.id, status=snap.status))
 
@@ -259,7 +234,7 @@ async def list_archived(request: Request) -> JSONResponse:
 async def attach_file_system(request: Request, ident: str) -> JSONResponse:
     """Mount a file system into a running sandbox (docs/protocol.md §6.7): FileSystemMount -> SandboxInfo."""
     rec = _mgr(request).lookup(_ns(request), ident)
-    req = await _parse(request, wire.FileSystemMount)
+    req = await parse_body(request, wire.FileSystemMount)
     return _info(request, await _mgr(request).file_systems.attach(rec, req.model_dump(exclude_none=True)))
 
 
@@ -267,5 +242,5 @@ async def attach_file_system(request: Request, ident: str) -> JSONResponse:
 async def detach_file_system(request: Request, ident: str) -> JSONResponse:
     """Unmount by `{"mount_path"}` (a JSON body on DELETE); the data stays -> SandboxInfo."""
     rec = _mgr(request).lookup(_ns(request), ident)
-    req = await _parse(request, wire.DetachFileSystem)
+    req = await parse_body(request, wire.DetachFileSystem)
     return _info(request, await _mgr(request).file_systems.detach(rec, req.mount_path))

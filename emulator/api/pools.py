@@ -12,7 +12,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from emulator.api import validation
-from emulator.api.lifecycle import LEGACY_WAIT_S, _json, _mgr, _ns, _parse, answer_create, create_budget
+from emulator.api.bodies import parse_body
+from emulator.api.lifecycle import LEGACY_WAIT_S, _json, _mgr, _ns, answer_create, create_budget
 from emulator.api.pool_wire import ClaimRequest, CreatePoolResponse, PoolRequest, pool_info
 
 router = APIRouter()
@@ -25,7 +26,7 @@ def _session(request: Request) -> str | None:
 
 @router.post("/sandbox-pools")
 async def create_pool(request: Request) -> JSONResponse:
-    req = await _parse(request, PoolRequest)
+    req = await parse_body(request, PoolRequest)
     pool = await _mgr(request).pools.create(_ns(request), req.to_config(_session(request)))
     return _json(CreatePoolResponse(pool_id=pool.id, namespace=pool.namespace))
 
@@ -47,7 +48,7 @@ async def get_pool(request: Request, pool_id: str) -> JSONResponse:
 async def update_pool(request: Request, pool_id: str) -> JSONResponse:
     pools = _mgr(request).pools
     pool = pools.lookup(_ns(request), pool_id)
-    req = await _parse(request, PoolRequest)
+    req = await parse_body(request, PoolRequest)
     return _json(pool_info(await pools.update(pool, req.to_config(pool.session_label))))
 
 
@@ -62,7 +63,7 @@ async def delete_pool(request: Request, pool_id: str) -> Response:
 async def claim(request: Request, pool_id: str) -> JSONResponse:
     pools = _mgr(request).pools
     pool = pools.lookup(_ns(request), pool_id)
-    req = await _parse(request, ClaimRequest)
+    req = await parse_body(request, ClaimRequest)
     session = _session(request)
     fs = _mgr(request).file_systems
     mounts = fs.check_mounts([m.model_dump(exclude_none=True) for m in req.file_systems or []], runtime=pool.runtime)
