@@ -9,8 +9,16 @@ import pytest
 
 from emulator.agent_channel import AgentPids, is_gvisor_listener
 from emulator.errors import BadRequest
-from emulator.model.runtimes import (GVISOR_CHECKPOINTABLE, RUNSC_NETSTACK, RUNSC_NONET, describe, docker_runtime,
-                                     image_runtime, split_image, used_runtime)
+from emulator.model.runtimes import (
+    GVISOR_CHECKPOINTABLE,
+    RUNSC_NETSTACK,
+    RUNSC_NONET,
+    describe,
+    docker_runtime,
+    image_runtime,
+    split_image,
+    used_runtime,
+)
 
 
 @pytest.mark.parametrize(("image", "want"), [
