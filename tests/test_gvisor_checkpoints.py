@@ -175,7 +175,7 @@ def _conn(sb: Sandbox) -> str:
 def test_networked_gvisor_sandbox_suspends_with_its_network(emulator: EmulatorProcess,
                                                             test_host: tuple[str, str]) -> None:
     net, host = test_host
-    with Sandbox.create(memory_mb=256, request_timeout=T) as sb:
+    with Sandbox.create(name=f"gvnet-{uuid.uuid4().hex[:8]}", memory_mb=256, request_timeout=T) as sb:
         assert sb.info().runtime == "runsc"
         assert _container(sb)["HostConfig"]["Runtime"] == "runsc-netstack"
         sb.write_file("/srv/kept.txt", b"kept with a network")
@@ -239,7 +239,8 @@ def test_gvisor_sandbox_with_egress_rules_keeps_host_networking(emulator: Emulat
     """Egress rules are iptables rules in the sandbox's namespace, which gVisor's own stack bypasses: such a
     sandbox runs with host networking (runtime runsc), which runsc cannot checkpoint; and a sandbox on gVisor's
     stack cannot take rules later."""
-    with Sandbox.create(memory_mb=256, deny_out=["192.0.2.1"], request_timeout=T) as sb:
+    with Sandbox.create(name=f"gvrules-{uuid.uuid4().hex[:8]}", memory_mb=256, deny_out=["192.0.2.1"],
+                        request_timeout=T) as sb:
         assert _container(sb)["HostConfig"]["Runtime"] == "runsc"
         with pytest.raises(RemoteAPIError) as err:
             sb.suspend(timeout=W)
