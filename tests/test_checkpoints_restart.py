@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from checkpoint_helpers import (
     COUNTER,
-    RUNC_MEMORY,
     T,
     W,
     _assert_contiguous,
@@ -32,7 +31,6 @@ pytestmark = pytest.mark.timeout(300)
 # ---- restart survival and hosts without CRIU ------------------------------------------------------
 
 
-@RUNC_MEMORY
 def test_snapshots_and_suspended_sandboxes_survive_a_restart() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="tle-cp-restart-", dir="/tmp"))
     api_port, proxy_port = free_port(), free_port()

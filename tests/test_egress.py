@@ -208,7 +208,8 @@ def test_sandbox_cannot_change_its_rules(emulator: EmulatorProcess, testnet: Egr
 # ---- update, suspend / resume, restart ---------------------------------------------------------------
 
 
-@pytest.mark.runc_only("suspend dumps memory, which serves runc sandboxes only (docs/gvisor.md)")
+@pytest.mark.runc_only("a gVisor sandbox that can suspend has no egress rules, and one with rules cannot suspend "
+                       "(host networking; docs/gvisor.md)")
 def test_update_running_then_suspend_resume(emulator: EmulatorProcess, testnet: EgressNet) -> None:
     sb = Sandbox.create(name=f"egr-{RUN}", memory_mb=256, request_timeout=T)
     try:
