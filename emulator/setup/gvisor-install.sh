@@ -169,6 +169,9 @@ want=$NONET_NAME
 if [ "$netstack_ok" = 1 ]; then
   want=$NETSTACK_NAME
   register "$NETSTACK_NAME" "$NETSTACK_BIN" "${NETSTACK_FLAGS[@]}" && changed=0
+elif engine_runtimes | grep -qw -- "$NETSTACK_NAME"; then  # from an earlier run this host no longer allows
+  unregister "$NETSTACK_NAME" && reload_dockerd absent "$NETSTACK_NAME"
+  say "runtime '$NETSTACK_NAME' removed from $DAEMON_JSON"
 fi
 if [ "$changed" = 0 ]; then
   say "registered runtimes '$NAME' ($BIN ${FLAGS[*]}), '$NONET_NAME' (${NONET_FLAGS[*]})$([ "$netstack_ok" = 1 ] && echo " and '$NETSTACK_NAME' ($NETSTACK_BIN ${NETSTACK_FLAGS[*]})") in $DAEMON_JSON"
