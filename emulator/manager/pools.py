@@ -18,7 +18,7 @@ from typing import Any
 from emulator.errors import BadRequest, PoolInUse
 from emulator.manager import image_checks, warm
 from emulator.manager.context import ManagerContext
-from emulator.manager.launch import launch, runtime_of
+from emulator.manager.launch import launch
 from emulator.model.ids import new_sandbox_id
 from emulator.model.pools import PoolRecord, WarmContainer
 from emulator.model.records import SandboxOptions, SandboxRecord, now_ms
@@ -133,7 +133,7 @@ class PoolManager:
         rec.session_label = pool.session_label if entry else (session_label or pool.session_label)
         rec.pool_container_id = entry.id if entry else None
         rec.container_id = entry.container_id if entry and entry.ready else None
-        rec.docker_runtime = runtime_of(ctx, rec, pool.image)  # the warm container's; a launch sets it again
+        rec.docker_runtime = entry.docker_runtime if entry else None  # a cold one's launch sets it
         if entry is None and not warm.has_room(ctx, pool):
             rec.pending_reason = warm.QUEUED
         await ctx.table.add(rec)

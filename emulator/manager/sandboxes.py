@@ -32,7 +32,7 @@ from emulator.manager import egress, faults, image_checks, peek, reaper, reserve
 from emulator.manager.context import ManagerContext
 from emulator.manager.file_systems import FileSystems
 from emulator.manager.images import ImageService
-from emulator.manager.launch import launch, runtime_of
+from emulator.manager.launch import launch
 from emulator.manager.pool_table import PoolTable
 from emulator.manager.pools import PoolManager
 from emulator.manager.reconcile import reconcile
@@ -240,7 +240,7 @@ class SandboxManager:
             file_systems=mounts,
         )
         if warm_entry is not None:
-            rec.docker_runtime = runtime_of(ctx, rec, image)  # the reserve container's (a launch sets its own)
+            rec.docker_runtime = warm_entry.docker_runtime  # the reserve container's (a launch sets its own)
         await ctx.table.add(rec)
         if warm_entry is not None:
             if mounts:
