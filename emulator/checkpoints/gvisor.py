@@ -7,8 +7,8 @@ that the iptables rules in its namespace see its traffic (gVisor's own stack sen
 runsc refuses to checkpoint with host networking ("checkpoint not supported when using hostinet").
 
 Open TCP connections of a runsc-netstack sandbox do not survive a dump: runsc refuses to save a connected
-endpoint unless --net-disconnect-ok, and with it closes them (the peer sees a reset, the process an error on
-its next read or write); listening sockets and new connections after a restore work.
+endpoint unless --net-disconnect-ok, and with it drops them (the process gets an error on its next read or
+write); listening sockets and new connections after a restore work.
 
 The agent's socket: with --host-uds=create the agent's listening socket is a host socket, and runsc
 cannot save one ("Cannot save endpoint with bound host socket"). The agent closes its listener on SIGUSR2

@@ -111,7 +111,7 @@ def describe(installed: list[str], default: str, criu_ok: bool,
         }
         if gvisor:
             out[name]["notes"] = ("a sandbox with internet access and no egress rules runs on gVisor's own network "
-                                  "stack (runtime runsc-netstack; a checkpoint resets its open TCP connections), "
+                                  "stack (runtime runsc-netstack; a checkpoint drops its open TCP connections), "
                                   "one without internet access with --network=none (runsc-nonet): both suspend and "
                                   "take memory snapshots through runsc's own checkpoint; one with allow_out/deny_out "
                                   "runs with host networking in the container's own namespace (iptables rules), "

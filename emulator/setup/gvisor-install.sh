@@ -38,8 +38,8 @@ NONET_FLAGS=(--host-uds=create --network=none --overlay2=none)
 # in root network namespace") asks whether /proc/sys/net/core/rmem_default exists, which kernels since
 # 6.x show in every network namespace; so it runs a copy of $BIN ($NETSTACK_BIN) whose test asks for
 # /proc/sys/net/core/message_cost instead: the same length, and still only in the root namespace.
-# --net-disconnect-ok: a checkpoint then closes the sandbox's open TCP connections (their peers see a
-# reset) instead of refusing ("endpoint cannot be saved in connected state").
+# --net-disconnect-ok: a checkpoint then drops the sandbox's open TCP connections (the process gets an
+# error on its next use) instead of refusing ("endpoint cannot be saved in connected state").
 NETSTACK_NAME=${NAME}-netstack
 NETSTACK_BIN=$BIN-netstack
 NETSTACK_FLAGS=(--host-uds=create --network=sandbox --net-disconnect-ok --overlay2=none)
