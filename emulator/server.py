@@ -31,7 +31,7 @@ from emulator.manager.dockerfile import parse_aliases
 from emulator.manager.image_logs import BuilderLogMirror
 from emulator.manager.images import ImageService
 from emulator.manager.sandboxes import SandboxManager
-from emulator.model.runtimes import RUNSC_NONET
+from emulator.model.runtimes import GVISOR_CHECKPOINTABLE
 from emulator.proxy.app import ProxyApp
 from emulator.request_log import RequestLog, RequestLogger
 from emulator.store.sqlite import Store
@@ -73,10 +73,11 @@ async def _checkpoint_engine(settings: Settings, backend: DockerBackend, store: 
     docker_root = Path(docker_info.get("DockerRootDir", "/var/lib/docker"))
     mechanism = choose_mechanism(backend, docker_root, settings.data_dir / "dumps", settings.checkpoint_mode,
                                  "runc", settings.runc_root)  # CRIU dumps serve runc sandboxes only (docs/gvisor.md)
-    # gVisor's own checkpoint for gVisor sandboxes without internet access (docs/gvisor.md), where Docker
-    # has the runsc-nonet runtime and checkpoints are not switched off
-    gvisor = (GvisorMechanism(backend, docker_root)
-              if RUNSC_NONET in engine.runtimes and settings.checkpoint_mode != "off" and engine.experimental else None)
+    # gVisor's own checkpoint for gVisor sandboxes under runsc-nonet / runsc-netstack (docs/gvisor.md), where
+    # Docker has one of them and checkpoints are not switched off
+    gvisor_runtimes = [r for r in GVISOR_CHECKPOINTABLE if r in engine.runtimes]
+    gvisor = (GvisorMechanism(backend, docker_root, gvisor_runtimes)
+              if gvisor_runtimes and settings.checkpoint_mode != "off" and engine.experimental else None)
     checkpoints = CheckpointEngine(backend, store, settings.data_dir, docker_root, probe, mechanism,
                                    settings.default_image, gvisor)
     await checkpoints.start()

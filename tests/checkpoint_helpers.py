@@ -12,15 +12,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import pytest
 from tensorlake.sandbox import Sandbox
 
 from emulator.server import instance_label
-
-# GVISOR_NO_CHECKPOINT (emulator/checkpoints/gvisor.py) is the whole cause; the skip line names it short
-RUNC_MEMORY = pytest.mark.runc_only("memory dumps (suspend, memory checkpoints) serve runc sandboxes only: "
-                                    "runsc cannot checkpoint with host networking here (docs/gvisor.md)")
-
 
 T = 60.0  # request_timeout of creates and connects
 W = 60.0  # timeout of suspend / resume / checkpoint

@@ -153,7 +153,6 @@ def test_nothing_written_in_the_shared_folder_outlives_the_sandbox(emulator: Emu
     assert keep.read_text() == "host data" and tmp_path.is_dir()  # links were removed, not followed
 
 
-@pytest.mark.runc_only("suspend dumps memory, which serves runc sandboxes only (docs/gvisor.md)")
 def test_agent_channel_is_still_verified_after_suspend_and_resume(emulator: EmulatorProcess) -> None:
     """The agent's host pid changes with a CRIU restore; the channel follows it, and only it."""
     sb = Sandbox.create(name=f"esc-{os.getpid()}", cpus=0.5, memory_mb=256, request_timeout=T)

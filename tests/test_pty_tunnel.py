@@ -325,7 +325,6 @@ def _criu(emulator: EmulatorProcess) -> bool:
         return bool(json.load(r)["checkpoints"]["criu"])
 
 
-@pytest.mark.runc_only("suspend dumps memory, which serves runc sandboxes only (docs/gvisor.md)")
 def test_pty_session_survives_suspend_and_resume(emulator: EmulatorProcess) -> None:
     if not _criu(emulator):
         pytest.skip("no CRIU on this host")

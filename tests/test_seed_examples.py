@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from checkpoint_helpers import RUNC_MEMORY, T
+from checkpoint_helpers import T
 from tensorlake.sandbox import AsyncSandbox, Sandbox
 
 from sdk_shim.launcher import EmulatorProcess
@@ -17,7 +17,6 @@ pytestmark = pytest.mark.timeout(300)
 # ---- the product page's example, verbatim ---------------------------------------------------------
 
 
-@RUNC_MEMORY
 def test_seed_example_sync(emulator: EmulatorProcess) -> None:
     sandbox = Sandbox.create(name="my-env", cpus=1.0)
     try:
@@ -34,7 +33,6 @@ def test_seed_example_sync(emulator: EmulatorProcess) -> None:
         sandbox.terminate()
 
 
-@RUNC_MEMORY
 def test_seed_example_async(emulator: EmulatorProcess) -> None:
     async def main() -> None:
         sandbox = await AsyncSandbox.create(name="my-env", cpus=1.0)

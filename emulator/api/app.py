@@ -41,7 +41,7 @@ def build_api(settings: Settings, manager: SandboxManager, request_log: RequestL
             "runtime": settings.runtime,
             "runtimes": runtimes.describe(eng.runtimes if eng else [], settings.runtime,
                                           bool(manager.describe_checkpoints().get("memory_snapshots")),
-                                          bool(manager.describe_checkpoints().get("gvisor_mechanism"))),
+                                          manager.describe_checkpoints().get("gvisor_runtimes") or ()),
             "default_image": settings.default_image,
             "checkpoints": manager.describe_checkpoints(),
             "proxy_url": settings.advertised_proxy_url,

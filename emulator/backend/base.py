@@ -42,7 +42,7 @@ class ContainerSpec:
     network: bool
     agent_dir: Path
     agent_code: Path  # the folder on the host holding the agent executable (Settings.agent_dir)
-    runtime: str = "runc"  # Docker's runtime name: runc, or runsc / runsc-nonet (gVisor)
+    runtime: str = "runc"  # Docker's runtime name: runc, or runsc / runsc-nonet / runsc-netstack (gVisor)
     entrypoint: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)

@@ -31,14 +31,14 @@ from typing import Any
 
 from emulator.backend.base import LABEL_SNAPSHOT, ContainerSpec, RuntimeBackend
 from emulator.checkpoints import containerd_leftovers
-from emulator.checkpoints.gvisor import GVISOR_NO_CHECKPOINT, GvisorMechanism
+from emulator.checkpoints.gvisor import GVISOR_NO_CHECKPOINT, GVISOR_OFF, GvisorMechanism
 from emulator.checkpoints.mechanisms import Mechanism
 from emulator.checkpoints.probe import CriuProbe
 from emulator.errors import BadRequest, EmulatorError, InvalidState, NotFound, NotSupported, SnapshotFailed
 from emulator.labels import SNAPSHOT_REPO
 from emulator.model.ids import new_snapshot_id
-from emulator.model.records import SandboxOptions, SandboxRecord, SnapshotRecord
-from emulator.model.runtimes import RUNSC, RUNSC_NONET, gvisor_offline
+from emulator.model.records import SandboxRecord, SnapshotRecord
+from emulator.model.runtimes import RUNSC, RUNSC_NONET, used_runtime
 from emulator.store.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,9 @@ class CheckpointEngine:
         self.docker_root = docker_root
         self.probe = probe
         self.mechanism = mechanism
-        # gVisor's own checkpoint, for gVisor sandboxes without internet access (None: Docker has no runsc-nonet)
+        # gVisor's own checkpoint, for gVisor sandboxes under runsc-nonet / runsc-netstack (None: Docker has neither)
         self.gvisor = gvisor
+        self.gvisor_runtimes = gvisor.runtimes if gvisor is not None else ()  # those two, where Docker has them
         self.canary_image = canary_image
         self.canary: dict[str, Any] | None = None
         self._snapshots: dict[str, SnapshotRecord] = {}
@@ -151,27 +152,25 @@ class CheckpointEngine:
                 await self.backend.remove(cid)
                 await self.mechanism.discard(cid, "canary")
 
-    def gvisor_checkpointable(self, opts: SandboxOptions | None) -> bool:
-        """Whether a gVisor sandbox of these options runs under runsc-nonet, which runsc can checkpoint."""
-        return self.gvisor is not None and opts is not None and gvisor_offline(opts.network_policy)
+    def gvisor_checkpointable(self, opts: SandboxRecord | SnapshotRecord | None) -> bool:
+        """Whether a gVisor sandbox (or its snapshot) runs under runsc-nonet or runsc-netstack (docs/gvisor.md)."""
+        return opts is not None and used_runtime(opts.docker_runtime, opts.network_policy) in self.gvisor_runtimes
 
-    def memory_available_for(self, runtime: str | None, opts: SandboxOptions | None = None) -> bool:
-        """Whether a sandbox of `runtime` (None: runc) and options `opts` can have its memory dumped: CRIU
-        works for a runc one; a gVisor one only without internet access (docs/gvisor.md)."""
+    def memory_available_for(self, runtime: str | None, opts: SandboxRecord | SnapshotRecord | None = None) -> bool:
+        """Whether a sandbox of `runtime` (None: runc) and record `opts` can have its memory dumped (CRIU, gVisor's)."""
         if runtime == RUNSC:
             return self.gvisor_checkpointable(opts)
         return self.probe.ok
 
-    def require_memory(self, what: str, runtime: str | None = None, opts: SandboxOptions | None = None) -> None:
+    def require_memory(self, what: str, runtime: str | None = None,
+                       opts: SandboxRecord | SnapshotRecord | None = None) -> None:
         """Raises NotSupported, naming the cause, when `what` cannot be done for a sandbox of `runtime`."""
         if runtime == RUNSC:
             if self.gvisor_checkpointable(opts):
                 return
             if self.gvisor is None:
-                raise NotSupported(f"{what} of a gVisor (runsc) sandbox is not supported on this host: Docker "
-                                   f"has no '{RUNSC_NONET}' runtime (emulator/setup/gvisor-install.sh registers it)")
-            raise NotSupported(f"{what} of a gVisor (runsc) sandbox with internet access is not supported on "
-                               f"this host: {GVISOR_NO_CHECKPOINT}")
+                raise NotSupported(f"{what} of a gVisor (runsc) sandbox is not supported on this host: {GVISOR_OFF}")
+            raise NotSupported(f"{what} of this gVisor (runsc) sandbox is not supported here: {GVISOR_NO_CHECKPOINT}")
         if not self.probe.ok:
             raise NotSupported(f"{what} is not supported on this host: {self.probe.reason}")
 
@@ -265,7 +264,7 @@ class CheckpointEngine:
         snap = SnapshotRecord(transient=transient,
             id=new_snapshot_id(), namespace=rec.namespace, sandbox_id=rec.id, snapshot_type=kind,  # type: ignore[arg-type]
             base_image=rec.image, session_label=rec.session_label, file_systems=list(rec.file_systems),
-            **rec.options(),
+            docker_runtime=rec.docker_runtime, **rec.options(),
         )
         self._snapshots[snap.id] = snap
         await self.store.save_snapshot(snap)
@@ -338,7 +337,7 @@ class CheckpointEngine:
         spec.labels[LABEL_SNAPSHOT] = snap.id
         mech = self._mech(snap.runtime)
         if snap.snapshot_type == "memory" and isinstance(mech, GvisorMechanism):
-            spec.runtime = RUNSC_NONET  # gVisor's state file restores under the runtime that wrote it
+            spec.runtime = snap.docker_runtime or RUNSC_NONET  # gVisor's state restores under the runtime that wrote it
         cid = await self.backend.create(spec)
         try:
             if snap.snapshot_type == "memory":
@@ -394,7 +393,8 @@ class CheckpointEngine:
         return {"criu": self.probe.ok, "criu_detail": self.probe.reason, "criu_version": self.probe.version,
                 "mechanism": self.mechanism.name, "canary": self.canary,
                 "memory_snapshots": self.probe.ok, "filesystem_snapshots": True,
-                "gvisor_mechanism": self.gvisor.name if self.gvisor else None}
+                "gvisor_mechanism": self.gvisor.name if self.gvisor else None,
+                "gvisor_runtimes": list(self.gvisor_runtimes)}
 
 
 __all__ = ["CheckpointEngine", "EmulatorError"]

@@ -1,8 +1,14 @@
-"""`runsc`: gVisor's own checkpoint and restore, through Docker's checkpoint API, for gVisor sandboxes
-without internet access (Docker runtime `runsc-nonet`: runsc with --network=none; docs/gvisor.md).
+"""`runsc`: gVisor's own checkpoint and restore, through Docker's checkpoint API, for gVisor sandboxes under
+the Docker runtimes `runsc-nonet` (no internet access: --network=none) and `runsc-netstack` (internet access,
+no egress rules: gVisor's own network stack, --network=sandbox --net-disconnect-ok; docs/gvisor.md).
 
-Why not for every gVisor sandbox: runsc refuses to checkpoint a sandbox with host networking ("checkpoint
-not supported when using hostinet"), and its own network stack cannot start on this kernel.
+Why not for every gVisor sandbox: one with egress rules (allow_out / deny_out) runs with host networking, so
+that the iptables rules in its namespace see its traffic (gVisor's own stack sends raw frames past them), and
+runsc refuses to checkpoint with host networking ("checkpoint not supported when using hostinet").
+
+Open TCP connections of a runsc-netstack sandbox do not survive a dump: runsc refuses to save a connected
+endpoint unless --net-disconnect-ok, and with it drops them (the process gets an error on its next read or
+write); listening sockets and new connections after a restore work.
 
 The agent's socket: with --host-uds=create the agent's listening socket is a host socket, and runsc
 cannot save one ("Cannot save endpoint with bound host socket"). The agent closes its listener on SIGUSR2
@@ -18,30 +24,43 @@ containerd refuses an upload identical to one it still holds).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from pathlib import Path
 
+from emulator.backend.base import RuntimeBackend
 from emulator.checkpoints.containerd_leftovers import NONCE_FILE
 from emulator.checkpoints.mechanisms import DockerMechanism, link_or_copy_tree, move_tree
 from emulator.errors import EmulatorError, SnapshotFailed
+from emulator.model.runtimes import GVISOR_CHECKPOINTABLE
 
 TOGGLE = "SIGUSR2"  # the agent's listener: close / bind again (agent/main.go)
 # runsc's words when the agent's listener was not closed yet (the signal is asynchronous)
 _STILL_BOUND = "bound host socket"
 DUMP_MARKER = "checkpoint.img"
-# why a gVisor sandbox with internet access cannot be checkpointed here (answered in a 400)
+# why no gVisor sandbox can be checkpointed here (answered in a 400)
+GVISOR_OFF = ("Docker has neither the 'runsc-nonet' nor the 'runsc-netstack' runtime (emulator/setup/gvisor-install.sh "
+              "registers them), or checkpoints are off (TLE_CHECKPOINT=off, or dockerd not experimental)")
+# why a gVisor sandbox under host networking cannot be checkpointed here (answered in a 400)
 GVISOR_NO_CHECKPOINT = (
-    "runsc 0.0~20240729 (Debian's) refuses to checkpoint a sandbox using host networking ('checkpoint not "
-    "supported when using hostinet'), and its own network stack cannot start on this kernel ('cannot run with "
-    "network enabled in root network namespace'), so gVisor sandboxes with internet access run with host "
-    "networking; create it with allow_internet_access=False (gVisor's checkpoint works then), or use runc (no "
-    "image suffix, or +runc); filesystem snapshots work")
+    "a gVisor sandbox with egress rules (allow_out / deny_out) runs with host networking, so that the iptables "
+    "rules in its namespace see its traffic, and runsc refuses to checkpoint a sandbox using host networking "
+    "('checkpoint not supported when using hostinet'); gVisor sandboxes without egress rules (with or without "
+    "internet access) run on gVisor's own network stack or none and can be checkpointed (where Docker has the "
+    "runsc-netstack / runsc-nonet runtimes of emulator/setup/gvisor-install.sh), or use runc (no image suffix, "
+    "or +runc); filesystem snapshots work")
 
 
 class GvisorMechanism(DockerMechanism):
-    """Docker's checkpoint API on runsc-nonet containers, with the agent's listener closed around it."""
+    """Docker's checkpoint API on runsc-nonet and runsc-netstack containers, with the agent's listener closed
+    around it. `runtimes`: those of GVISOR_CHECKPOINTABLE that Docker has."""
 
     name = "runsc"
     marker = DUMP_MARKER
+
+    def __init__(self, backend: RuntimeBackend, docker_root: Path, runtimes: Collection[str] = GVISOR_CHECKPOINTABLE
+                 ) -> None:
+        super().__init__(backend, docker_root)
+        self.runtimes = tuple(r for r in GVISOR_CHECKPOINTABLE if r in runtimes)
 
     async def _quiet(self, container_id: str) -> None:
         await self.backend.signal(container_id, TOGGLE)

@@ -11,21 +11,25 @@ from emulator.manager import egress, faults, image_checks
 from emulator.manager.context import ManagerContext
 from emulator.model.faults import Fault
 from emulator.model.records import SandboxRecord, SnapshotRecord
-from emulator.model.runtimes import docker_runtime, gvisor_offline, image_runtime
+from emulator.model.runtimes import docker_runtime, image_runtime
 from emulator.model.states import SandboxStatus
 
 log = logging.getLogger(__name__)
 
 
+def runtime_of(ctx: ManagerContext, rec: SandboxRecord, image: str) -> str:
+    """Docker's runtime for a container of `rec` (`image` may carry a runtime suffix; the record's runtime wins,
+    then the suffix, then TLE_RUNTIME): a gVisor sandbox without egress rules runs on gVisor's own network stack
+    or none, which runsc can checkpoint; one with rules under host networking (model/runtimes.py docker_runtime)."""
+    _, runtime = image_runtime(image, ctx.settings.runtime)
+    return docker_runtime(rec.runtime or runtime, rec.network_policy, ctx.checkpoints.gvisor_runtimes)
+
+
 def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> ContainerSpec:
     """The container a sandbox record asks for (its run folder is made here). `image` may carry a runtime
     suffix (a pool's image); the record's runtime wins, then the suffix, then TLE_RUNTIME."""
-    image, runtime = image_runtime(image, ctx.settings.runtime)
-    # a gVisor sandbox without internet access runs with --network=none, which runsc can checkpoint
-    nonet = ctx.checkpoints.gvisor is not None
     return ContainerSpec(
-        sandbox_id=rec.id, image=image,
-        runtime=docker_runtime(rec.runtime or runtime, gvisor_offline(rec.network_policy), nonet),
+        sandbox_id=rec.id, image=image_runtime(image, ctx.settings.runtime)[0], runtime=runtime_of(ctx, rec, image),
         cpus=rec.cpus, memory_mb=rec.memory_mb,
         pids_limit=ctx.settings.pids_limit,
         # A network interface even for "no internet": the policy is enforced by rules in the sandbox's
@@ -54,10 +58,13 @@ async def launch(ctx: ManagerContext, rec: SandboxRecord, snap: SnapshotRecord |
                 return  # cancelled before it started
             rec.pending_reason = "waiting_for_container"
             ctx.run_dirs.clear_socket(rec.id)
+            spec = container_spec(ctx, rec, snap.base_image if snap is not None else rec.image)
             if snap is not None:
-                rec.container_id = await ctx.checkpoints.restore_new(snap, container_spec(ctx, rec, snap.base_image))
+                rec.container_id = await ctx.checkpoints.restore_new(snap, spec)  # may set spec.runtime
+                rec.docker_runtime = spec.runtime
             else:
-                rec.container_id = await ctx.backend.create(container_spec(ctx, rec, rec.image))
+                rec.container_id = await ctx.backend.create(spec)
+                rec.docker_runtime = spec.runtime
                 await ctx.table.save(rec)
                 if rec.entrypoint:  # before the start: a missing program is named, not left to a log line
                     await image_checks.check_entrypoint(ctx, rec.container_id, rec.image, rec.entrypoint[0])

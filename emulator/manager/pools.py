@@ -134,6 +134,7 @@ class PoolManager:
         rec.session_label = pool.session_label if entry else (session_label or pool.session_label)
         rec.pool_container_id = entry.id if entry else None
         rec.container_id = entry.container_id if entry and entry.ready else None
+        rec.docker_runtime = entry.docker_runtime if entry else None  # a cold one's launch sets it
         if entry is None and not warm.has_room(ctx, pool):
             rec.pending_reason = warm.QUEUED
         await ctx.table.add(rec)

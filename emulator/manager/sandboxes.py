@@ -239,6 +239,8 @@ class SandboxManager:
             session_label=spec.session_label, container_id=warm_entry.container_id if warm_entry else None,
             file_systems=mounts,
         )
+        if warm_entry is not None:
+            rec.docker_runtime = warm_entry.docker_runtime  # the reserve container's (a launch sets its own)
         await ctx.table.add(rec)
         if warm_entry is not None:
             if mounts:

@@ -10,7 +10,7 @@ from emulator.errors import BadRequest, EmulatorError, InvalidState, NotSupporte
 from emulator.manager import egress
 from emulator.manager.context import ManagerContext
 from emulator.model.records import ResourceResize, SandboxRecord
-from emulator.model.runtimes import RUNSC_NONET, docker_runtime, gvisor_offline
+from emulator.model.runtimes import RUNSC, RUNSC_NETSTACK, RUNSC_NONET, gvisor_offline, gvisor_open, used_runtime
 from emulator.model.states import SandboxStatus
 
 CheckResources = Callable[[float | None, int | None], None]
@@ -70,12 +70,20 @@ async def _resize(ctx: ManagerContext, rec: SandboxRecord, res: dict[str, Any],
 
 
 def _check_gvisor_network(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any] | None) -> None:
-    """A gVisor sandbox created without internet access runs with --network=none (runtime runsc-nonet,
-    docs/gvisor.md): it has no interface to open. Raises NotSupported for a policy that would need one."""
-    nonet = ctx.checkpoints.gvisor is not None
-    runtime = rec.runtime or ctx.settings.runtime
-    if (docker_runtime(runtime, gvisor_offline(rec.network_policy), nonet) == RUNSC_NONET
-            and not gvisor_offline(policy)):
+    """A gVisor sandbox keeps the network kind it was created with (docs/gvisor.md): under runsc-nonet
+    (created without internet access) it has no interface to open; under runsc-netstack (internet access, no
+    egress rules) gVisor's own network stack sends its packets past the iptables rules the emulator would write
+    in its namespace. Raises NotSupported for a policy the sandbox's network cannot carry."""
+    if (rec.runtime or ctx.settings.runtime) != RUNSC:
+        return
+    used = used_runtime(rec.docker_runtime, rec.network_policy)
+    if used == RUNSC_NONET and not gvisor_offline(policy):
         raise NotSupported(f"Sandbox {rec.id} runs under gVisor without a network (created with "
                            "allow_internet_access=False, so that it can suspend and take memory snapshots); "
                            "its network cannot be opened: create a new sandbox with internet access")
+    if used == RUNSC_NETSTACK and not gvisor_open(policy):
+        raise NotSupported(f"Sandbox {rec.id} runs on gVisor's own network stack (created with internet access "
+                           "and no egress rules, so that it can suspend and take memory snapshots), whose packets "
+                           "pass by the iptables rules that enforce allow_internet_access=False, allow_out and "
+                           "deny_out: create a new gVisor sandbox with the rules (it runs with host networking), "
+                           "or use runc")

@@ -87,7 +87,9 @@ async def start_warm(ctx: ManagerContext, pool: PoolRecord, entry: WarmContainer
     the pool's next try for RETRY_MS. A claim may take the entry meanwhile (it waits for this task)."""
     rec = sandbox_for(pool, entry.sandbox_id)
     try:
-        entry.container_id = await ctx.backend.create(container_spec(ctx, rec, pool.image))
+        spec = container_spec(ctx, rec, pool.image)
+        entry.container_id = await ctx.backend.create(spec)
+        entry.docker_runtime = spec.runtime
         await ctx.pools.save(pool)
         if not entry.discarded:
             await ctx.backend.start(entry.container_id)
@@ -127,7 +129,7 @@ async def adopt_warm(ctx: ManagerContext, rec: SandboxRecord, entry: WarmContain
         if rec.status != S.pending:
             await _drop(ctx, entry)  # the claim was cancelled while its container started
             return
-        rec.container_id = entry.container_id
+        rec.container_id, rec.docker_runtime = entry.container_id, entry.docker_runtime
         ctx.set_deadline(rec)
         await ctx.table.move(rec, S.running)
 

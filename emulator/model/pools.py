@@ -32,6 +32,9 @@ class WarmContainer(BaseModel):
     container_id: str | None = None
     ready: bool = False
     created_at: int = Field(default_factory=now_ms)
+    # Docker's runtime it was created under (model/runtimes.py docker_runtime), which a claim's record takes;
+    # None in entries from before it
+    docker_runtime: str | None = None
     # removed (pool deleted or changed) while its start was under way: the start task removes it
     discarded: bool = Field(default=False, exclude=True)
 

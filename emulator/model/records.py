@@ -77,6 +77,10 @@ class SandboxRecord(SandboxOptions):
     # a pool claim: the pool, and the pool's container entry it took (its id in `get_pool`)
     pool_id: str | None = None
     pool_container_id: str | None = None
+    # Docker's runtime of the container (model/runtimes.py docker_runtime: runsc-nonet, runsc-netstack ...), set at
+    # each launch; a snapshot keeps its sandbox's, so a memory one restores under the same. None in records of
+    # emulators before it (runsc-nonet then ran exactly the gVisor sandboxes without internet access).
+    docker_runtime: str | None = None
 
     @property
     def live(self) -> bool:
@@ -119,3 +123,7 @@ class SnapshotRecord(SandboxOptions):
     file_systems: list[dict[str, Any]] = Field(default_factory=list)
     # made by `copy` for its restores only: deleted after them, and at start-up if a crash cut it off
     transient: bool = False
+    # Docker's runtime of the container (model/runtimes.py docker_runtime: runsc-nonet, runsc-netstack ...), set at
+    # each launch; a snapshot keeps its sandbox's, so a memory one restores under the same. None in records of
+    # emulators before it (runsc-nonet then ran exactly the gVisor sandboxes without internet access).
+    docker_runtime: str | None = None

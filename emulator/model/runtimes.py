@@ -10,6 +10,7 @@ restore of it uses that runtime (a gVisor checkpoint can only be restored by gVi
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from emulator.errors import BadRequest
@@ -19,6 +20,11 @@ RUNSC = "runsc"
 # Docker's runtime for gVisor sandboxes without internet access: runsc with --network=none, which runsc can
 # checkpoint (it refuses with host networking); registered by emulator/setup/gvisor-install.sh.
 RUNSC_NONET = "runsc-nonet"
+# Docker's runtime for gVisor sandboxes with internet access and no egress rules: gVisor's own network stack
+# (--network=sandbox), which runsc checkpoints too (a patched copy of runsc: emulator/setup/gvisor-install.sh).
+RUNSC_NETSTACK = "runsc-netstack"
+# the Docker runtimes of gVisor sandboxes that runsc can checkpoint (emulator/checkpoints/gvisor.py)
+GVISOR_CHECKPOINTABLE = (RUNSC_NONET, RUNSC_NETSTACK)
 KNOWN = (RUNC, RUNSC)
 _ALIASES = {"runc": RUNC, "runsc": RUNSC, "gvisor": RUNSC}
 
@@ -50,22 +56,51 @@ def gvisor_offline(policy: dict[str, Any] | None) -> bool:
     return policy is not None and policy.get("allow_internet_access") is False and not policy.get("allow_out")
 
 
-def docker_runtime(runtime: str, offline: bool, nonet: bool) -> str:
-    """Docker's runtime for a sandbox of `runtime`: a gVisor sandbox without internet access (`offline`)
-    runs under RUNSC_NONET where gVisor checkpoints are in use (`nonet`: Docker has RUNSC_NONET and
-    checkpoints are on; docs/gvisor.md), every other one under `runtime`."""
-    return RUNSC_NONET if runtime == RUNSC and offline and nonet else runtime
+def gvisor_open(policy: dict[str, Any] | None) -> bool:
+    """A network policy that limits nothing (internet access, no allow_out, no deny_out): a gVisor sandbox of
+    it runs on gVisor's own network stack (RUNSC_NETSTACK), which needs no rules in the host's namespace."""
+    return (not policy or (policy.get("allow_internet_access") is not False and not policy.get("allow_out")
+                           and not policy.get("deny_out")))
+
+
+def docker_runtime(runtime: str, policy: dict[str, Any] | None, checkpointable: Collection[str]) -> str:
+    """Docker's runtime for a new container of a sandbox of `runtime` with network `policy`, where Docker has the
+    gVisor runtimes `checkpointable` (a subset of GVISOR_CHECKPOINTABLE, empty when gVisor checkpoints are off).
+
+    A gVisor sandbox without internet access: RUNSC_NONET; one that limits nothing: RUNSC_NETSTACK; one with
+    egress rules (allow_out / deny_out, enforced by iptables in its namespace, which gVisor's own stack bypasses):
+    RUNSC, host networking (docs/gvisor.md). Each only where Docker has it; a runc sandbox: `runtime`.
+    """
+    if runtime != RUNSC:
+        return runtime
+    if gvisor_offline(policy) and RUNSC_NONET in checkpointable:
+        return RUNSC_NONET
+    if gvisor_open(policy) and RUNSC_NETSTACK in checkpointable:
+        return RUNSC_NETSTACK
+    return RUNSC
+
+
+def used_runtime(docker_runtime: str | None, policy: dict[str, Any] | None) -> str:
+    """The Docker runtime a gVisor sandbox's container runs under: its record's `docker_runtime`, or for records
+    from before that field, runsc-nonet for one without internet access and runsc for the rest (as then)."""
+    return docker_runtime or (RUNSC_NONET if gvisor_offline(policy) else RUNSC)
 
 
 def describe(installed: list[str], default: str, criu_ok: bool,
-             gvisor_ok: bool = False) -> dict[str, dict[str, object]]:
+             gvisor_runtimes: Collection[str] = ()) -> dict[str, dict[str, object]]:
     """`/emulator/capabilities` "runtimes": for each known runtime, whether Docker has it, whether it is
-    the default, how a create picks it, and what a sandbox of it supports here (docs/gvisor.md)."""
+    the default, how a create picks it, and what a sandbox of it supports here (docs/gvisor.md).
+    `gvisor_runtimes`: the checkpointable gVisor runtimes in use (GVISOR_CHECKPOINTABLE, where Docker has them)."""
     common = {"processes": True, "files": True, "pty": True, "tunnels": True, "networking": True,
               "egress_rules": True, "cpu_memory_limits": True, "filesystem_snapshots": True}
     out: dict[str, dict[str, object]] = {}
-    # gVisor's own checkpoint (not CRIU), for sandboxes without internet access only (docs/gvisor.md)
-    gvisor_ckpt: object = "without internet access" if gvisor_ok else False
+    # gVisor's own checkpoint (not CRIU), for the sandboxes of its checkpointable runtimes (docs/gvisor.md)
+    gvisor_ckpt: object = False
+    if RUNSC_NETSTACK in gvisor_runtimes:
+        gvisor_ckpt = ("without egress rules (allow_out / deny_out)" if RUNSC_NONET in gvisor_runtimes
+                       else "with internet access and no egress rules")
+    elif RUNSC_NONET in gvisor_runtimes:
+        gvisor_ckpt = "without internet access"
     for name in KNOWN:
         gvisor = name == RUNSC
         out[name] = {
@@ -75,10 +110,10 @@ def describe(installed: list[str], default: str, criu_ok: bool,
                          "suspend_resume": gvisor_ckpt if gvisor else criu_ok, "oom_keeps_sandbox": not gvisor},
         }
         if gvisor:
-            out[name]["notes"] = ("gVisor with host networking in the container's own namespace (runsc's own "
-                                  "stack cannot start on this kernel), which runsc cannot checkpoint; a sandbox "
-                                  "without internet access "
-                                  "runs with --network=none (runtime runsc-nonet) and suspends and takes memory "
-                                  "snapshots through runsc's own checkpoint; "
-                                  "an out-of-memory ends the whole sandbox")
+            out[name]["notes"] = ("a sandbox with internet access and no egress rules runs on gVisor's own network "
+                                  "stack (runtime runsc-netstack; a checkpoint drops its open TCP connections), "
+                                  "one without internet access with --network=none (runsc-nonet): both suspend and "
+                                  "take memory snapshots through runsc's own checkpoint; one with allow_out/deny_out "
+                                  "runs with host networking in the container's own namespace (iptables rules), "
+                                  "which runsc cannot checkpoint; an out-of-memory ends the whole sandbox")
     return out

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # gVisor for sandboxes (docs/gvisor.md): install a runsc that can create host unix sockets on bind
 # mounts (the agent channel needs --host-uds=create; bookworm's runsc 0.0~20221219 has no such flag),
-# register it with Docker as the runtime "runsc", reload dockerd with SIGHUP (never a restart: running
-# containers stay untouched), and prove it with one tiny container.
+# register it with Docker as the runtimes "runsc", "runsc-nonet" and "runsc-netstack", reload dockerd with
+# SIGHUP (never a restart: running containers stay untouched), and prove them with tiny containers.
 #
-# runsc is a static Go binary, so Debian sid's package is taken with `apt-get download` through a
+# runsc is a static Go binary, so Debian trixie's package is taken with `apt-get download` through a
 # private apt configuration (the host's sources and libc stay as they are) and its one file installed
 # as $BIN (with $BIN.deb naming the package it came from). Idempotent; one line per step; exits 0 with "gvisor: NOT AVAILABLE (why)" when it cannot,
 # so the caller carries on with runc. Usage: gvisor-install.sh [IMAGE-for-the-probe]
@@ -33,6 +33,18 @@ FLAGS=(--host-uds=create --network=host --overlay2=none)
 # hostinet"), but checkpoints one with --network=none: suspend/resume and memory snapshots (docs/gvisor.md).
 NONET_NAME=${NAME}-nonet
 NONET_FLAGS=(--host-uds=create --network=none --overlay2=none)
+# A third for gVisor sandboxes with internet access and no egress rules: gVisor's own network stack
+# (--network=sandbox), which runsc checkpoints. Its root-namespace test ("cannot run with network enabled
+# in root network namespace") asks whether /proc/sys/net/core/rmem_default exists, which kernels since
+# 6.x show in every network namespace; so it runs a copy of $BIN ($NETSTACK_BIN) whose test asks for
+# /proc/sys/net/core/message_cost instead: the same length, and still only in the root namespace.
+# --net-disconnect-ok: a checkpoint then drops the sandbox's open TCP connections (the process gets an
+# error on its next use) instead of refusing ("endpoint cannot be saved in connected state").
+NETSTACK_NAME=${NAME}-netstack
+NETSTACK_BIN=$BIN-netstack
+NETSTACK_FLAGS=(--host-uds=create --network=sandbox --net-disconnect-ok --overlay2=none)
+ROOT_TEST_OLD=/proc/sys/net/core/rmem_default
+ROOT_TEST_NEW=/proc/sys/net/core/message_cost
 
 say() { printf 'gvisor: %s\n' "$*"; }
 unavailable() { say "NOT AVAILABLE ($*); sandboxes run with runc"; exit 0; }
@@ -66,6 +78,41 @@ else
   say "installed $("$BIN" --version | head -n1) from $(cat "$BIN.deb") at $BIN"
 fi
 
+# ---- 1b. the netstack copy (see NETSTACK_FLAGS) -------------------------------------------------
+# Rewritten from $BIN on every run (a no-op when the result is the same file), so it follows $BIN.
+netstack_ok=1
+if [ -e "$ROOT_TEST_NEW" ] && command -v unshare >/dev/null && unshare -n sh -c "[ ! -e $ROOT_TEST_NEW ]" 2>/dev/null; then
+  if out=$(python3 - "$BIN" "$NETSTACK_BIN" "$ROOT_TEST_OLD" "$ROOT_TEST_NEW" 2>&1 <<'EOF'
+import os, sys
+src, dst, old, new = sys.argv[1], sys.argv[2], sys.argv[3].encode(), sys.argv[4].encode()
+data = open(src, "rb").read()
+# isRootNetNS's path and its error message ("failed to access <path>: %v"), nothing else in this build
+if len(old) != len(new) or data.count(old) != 2 or data.count(b"failed to access " + old) != 1:
+    sys.exit(f"{src}: the root-namespace test's path is not where this set-up expects it")
+data = data.replace(old, new)
+try:
+    with open(dst, "rb") as f:
+        same = f.read() == data
+except FileNotFoundError:
+    same = False
+if same:
+    print("unchanged")
+else:
+    with open(dst + ".tmp", "wb") as f:
+        f.write(data)
+    os.chmod(dst + ".tmp", 0o755)
+    os.replace(dst + ".tmp", dst)
+    print("written")
+EOF
+  ); then
+    say "netstack copy $NETSTACK_BIN $out (root-namespace test: $ROOT_TEST_NEW)"
+  else
+    netstack_ok=0; say "no netstack runtime: $out"
+  fi
+else
+  netstack_ok=0; say "no netstack runtime: $ROOT_TEST_NEW does not tell the root network namespace apart here"
+fi
+
 # ---- 2. Docker's runtime entry ------------------------------------------------------------------
 # Merged into daemon.json (other keys kept); returns 0 when the file changed.
 register() {
@@ -87,8 +134,9 @@ with open(path + ".tmp", "w") as f:
 os.replace(path + ".tmp", path)
 EOF
 }
-unregister() {
-  python3 - "$DAEMON_JSON" "$NAME" "$NONET_NAME" <<'EOF'
+unregister() {  # unregister [runtime...]: all three by default
+  [ $# -gt 0 ] || set -- "$NAME" "$NONET_NAME" "$NETSTACK_NAME"
+  python3 - "$DAEMON_JSON" "$@" <<'EOF'
 import json, os, sys
 path, names = sys.argv[1], sys.argv[2:]
 with open(path) as f:
@@ -101,14 +149,14 @@ os.replace(path + ".tmp", path)
 EOF
 }
 engine_runtimes() { docker info --format '{{range $k, $v := .Runtimes}}{{$k}} {{end}}' 2>/dev/null; }
-reload_dockerd() {
-  local pid
+reload_dockerd() {  # reload_dockerd present|absent [the runtime to wait for]
+  local pid want=${2:-$NONET_NAME}
   pid=$(cat /var/run/docker.pid 2>/dev/null || pidof dockerd | awk '{print $1}')
   [ -n "$pid" ] || return 1
   kill -HUP "$pid" || return 1
   for _ in $(seq 1 20); do
-    if [ "$1" = present ]; then engine_runtimes | grep -qw -- "$NONET_NAME" && return 0
-    else engine_runtimes | grep -qw "$NAME" || return 0; fi
+    if [ "$1" = present ]; then engine_runtimes | grep -qw -- "$want" && return 0
+    else engine_runtimes | grep -qw -- "$want" || return 0; fi
     sleep 0.25
   done
   return 1
@@ -117,12 +165,20 @@ reload_dockerd() {
 changed=1
 register "$NAME" "$BIN" "${FLAGS[@]}" && changed=0
 register "$NONET_NAME" "$BIN" "${NONET_FLAGS[@]}" && changed=0
+want=$NONET_NAME
+if [ "$netstack_ok" = 1 ]; then
+  want=$NETSTACK_NAME
+  register "$NETSTACK_NAME" "$NETSTACK_BIN" "${NETSTACK_FLAGS[@]}" && changed=0
+elif engine_runtimes | grep -qw -- "$NETSTACK_NAME"; then  # from an earlier run this host no longer allows
+  unregister "$NETSTACK_NAME" && reload_dockerd absent "$NETSTACK_NAME"
+  say "runtime '$NETSTACK_NAME' removed from $DAEMON_JSON"
+fi
 if [ "$changed" = 0 ]; then
-  say "registered runtimes '$NAME' ($BIN ${FLAGS[*]}) and '$NONET_NAME' (${NONET_FLAGS[*]}) in $DAEMON_JSON"
-  reload_dockerd present || unavailable "dockerd did not pick up '$NAME' after SIGHUP (is this host's dockerd ours to signal?)"
+  say "registered runtimes '$NAME' ($BIN ${FLAGS[*]}), '$NONET_NAME' (${NONET_FLAGS[*]})$([ "$netstack_ok" = 1 ] && echo " and '$NETSTACK_NAME' ($NETSTACK_BIN ${NETSTACK_FLAGS[*]})") in $DAEMON_JSON"
+  reload_dockerd present "$want" || unavailable "dockerd did not pick up '$NAME' after SIGHUP (is this host's dockerd ours to signal?)"
   say "dockerd reloaded with SIGHUP (running containers untouched)"
-elif ! engine_runtimes | grep -qw -- "$NONET_NAME"; then
-  reload_dockerd present || unavailable "dockerd does not list '$NAME' even after SIGHUP"
+elif ! engine_runtimes | grep -qw -- "$want"; then
+  reload_dockerd present "$want" || unavailable "dockerd does not list '$NAME' even after SIGHUP"
   say "dockerd reloaded with SIGHUP"
 else
   say "runtime '$NAME' already registered with dockerd"
@@ -138,6 +194,18 @@ if out=$(timeout 60 docker run --rm --runtime="$NAME" --network=none --label dev
   say "ready: a probe container ran under gVisor"
 else
   say "the probe container failed under '$NAME': $(tail -n1 <<<"$out")"
-  unregister && reload_dockerd absent
+  unregister && reload_dockerd absent "$NAME"
   unavailable "runsc cannot run containers on this host/kernel; runtime '$NAME' removed from $DAEMON_JSON"
+fi
+# gVisor's own network stack: a container on Docker's default bridge must see its interface inside (no
+# traffic is sent). Where it cannot, only that runtime goes: networked gVisor sandboxes use host networking.
+if [ "$netstack_ok" = 1 ]; then
+  if out=$(timeout 60 docker run --rm --runtime="$NETSTACK_NAME" --label dev.tensorlake-emulator.probe=gvisor \
+             "$PROBE_IMAGE" sh -c 'cat /proc/net/dev' 2>&1) && grep -q 'eth0:' <<<"$out"; then
+    say "ready: a probe container ran under '$NETSTACK_NAME' with its bridge interface"
+  else
+    say "the probe container failed under '$NETSTACK_NAME': $(tail -n1 <<<"$out")"
+    unregister "$NETSTACK_NAME" && reload_dockerd absent "$NETSTACK_NAME"
+    say "runtime '$NETSTACK_NAME' removed from $DAEMON_JSON: gVisor sandboxes with internet access use host networking"
+  fi
 fi

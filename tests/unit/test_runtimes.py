@@ -9,7 +9,16 @@ import pytest
 
 from emulator.agent_channel import AgentPids, is_gvisor_listener
 from emulator.errors import BadRequest
-from emulator.model.runtimes import describe, image_runtime, split_image
+from emulator.model.runtimes import (
+    GVISOR_CHECKPOINTABLE,
+    RUNSC_NETSTACK,
+    RUNSC_NONET,
+    describe,
+    docker_runtime,
+    image_runtime,
+    split_image,
+    used_runtime,
+)
 
 
 @pytest.mark.parametrize(("image", "want"), [
@@ -41,6 +50,33 @@ def test_describe_lists_both_and_what_gvisor_lacks() -> None:
     assert d["runc"]["supports"]["memory_snapshots"] is True  # type: ignore[index]
     assert d["runsc"]["supports"]["memory_snapshots"] is False  # type: ignore[index]
     assert describe(["runc"], "runc", criu_ok=False)["runsc"]["installed"] is False
+
+
+@pytest.mark.parametrize(("runtime", "policy", "have", "want"), [
+    ("runc", None, GVISOR_CHECKPOINTABLE, "runc"),
+    ("runsc", None, GVISOR_CHECKPOINTABLE, RUNSC_NETSTACK),
+    ("runsc", {"allow_internet_access": True, "allow_out": [], "deny_out": []}, GVISOR_CHECKPOINTABLE, RUNSC_NETSTACK),
+    ("runsc", {"allow_internet_access": False}, GVISOR_CHECKPOINTABLE, RUNSC_NONET),
+    ("runsc", {"deny_out": ["10.0.0.1"]}, GVISOR_CHECKPOINTABLE, "runsc"),  # rules: iptables, host networking
+    ("runsc", {"allow_internet_access": False, "allow_out": ["10.0.0.1"]}, GVISOR_CHECKPOINTABLE, "runsc"),
+    ("runsc", None, (RUNSC_NONET,), "runsc"),  # Docker without runsc-netstack: host networking as before
+    ("runsc", {"allow_internet_access": False}, (), "runsc"),  # gVisor checkpoints off
+])
+def test_docker_runtime_by_policy(runtime: str, policy: dict | None, have: tuple[str, ...], want: str) -> None:
+    assert docker_runtime(runtime, policy, have) == want
+
+
+def test_records_before_docker_runtime() -> None:
+    assert used_runtime(None, {"allow_internet_access": False}) == RUNSC_NONET
+    assert used_runtime(None, None) == "runsc"
+    assert used_runtime(RUNSC_NETSTACK, None) == RUNSC_NETSTACK
+
+
+def test_describe_says_which_gvisor_sandboxes_checkpoint() -> None:
+    both = describe(["runc", "runsc"], "runc", criu_ok=True, gvisor_runtimes=GVISOR_CHECKPOINTABLE)
+    assert "allow_out" in both["runsc"]["supports"]["suspend_resume"]  # type: ignore[index,operator]
+    nonet = describe(["runc", "runsc"], "runc", criu_ok=True, gvisor_runtimes=(RUNSC_NONET,))
+    assert nonet["runsc"]["supports"]["memory_snapshots"] == "without internet access"  # type: ignore[index]
 
 
 def test_a_plain_host_process_is_never_a_gvisor_listener() -> None:
