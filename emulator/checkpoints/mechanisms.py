@@ -241,7 +241,16 @@ class RuncMechanism(DockerMechanism):
         # runc has killed the container behind containerd's back when this returns; Docker notices
         # the exit 50-150 ms later. A suspend is complete once the dump is written and the processes
         # are gone, so that wait is left to whoever needs Docker to agree (restore_in_place).
-        await self._runc_checkpoint(container_id, self.checkpoint_dir(container_id, name), leave_running=False)
+        # Frozen first: CRIU freezes a cgroup v1 itself but looks at the freezer again only every
+        # 100 ms (a third of a 200 MB suspend), while `runc pause` polls in microseconds. CRIU leaves
+        # a cgroup it found frozen as it was; after the dump runc's destroy thaws and kills it. A dump
+        # that fails leaves the processes frozen: they are thawed, and the sandbox keeps running.
+        await self.freeze(container_id)
+        try:
+            await self._runc_checkpoint(container_id, self.checkpoint_dir(container_id, name), leave_running=False)
+        except BaseException:
+            await self.thaw([container_id])
+            raise
 
     async def restore_in_place(self, container_id: str, name: str) -> None:
         src = self.checkpoint_dir(container_id, name)
