@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from emulator.backend.base import RuntimeBackend
+from emulator.checkpoints import freezer
 from emulator.checkpoints.containerd_leftovers import NONCE_FILE, remove_copy_of
 from emulator.checkpoints.criu_errors import snapshot_failure
 from emulator.checkpoints.preflight import DEFAULT_RUNC_ROOT, refuse_unrestorable
@@ -215,9 +216,10 @@ class RuncMechanism(DockerMechanism):
     def checkpoint_dir(self, container_id: str, name: str) -> Path:
         return self.dump_root / container_id / name
 
-    async def _runc_checkpoint(self, container_id: str, dest: Path, leave_running: bool) -> None:
+    async def _runc_checkpoint(self, container_id: str, dest: Path, leave_running: bool, freeze: bool = False) -> None:
         work = dest.parent / f".{dest.name}.criu-work"
-        await asyncio.to_thread(self._prepare_dump, container_id, dest, work)
+        if not await asyncio.to_thread(self._prepare_dump, container_id, dest, work, freeze) and freeze:
+            await self.freeze(container_id)  # no cgroup v1 freezer to write: `runc pause`
         cmd = [self.runc, "--root", str(self.runc_root), "checkpoint", "--image-path", str(dest),
                "--work-path", str(work)]
         if leave_running:
@@ -236,23 +238,25 @@ class RuncMechanism(DockerMechanism):
             raise failure
         await asyncio.to_thread(shutil.rmtree, work, True)
 
-    def _prepare_dump(self, container_id: str, dest: Path, work: Path) -> None:
-        """The checks and folders of a dump, in one thread hop. Raises SnapshotFailed (refuse_unrestorable)."""
+    def _prepare_dump(self, container_id: str, dest: Path, work: Path, freeze: bool) -> bool:
+        """Freeze (when `freeze`), checks and folders of a dump, in one thread hop; whether it froze the
+        container. Raises SnapshotFailed (refuse_unrestorable)."""
+        frozen = freeze and freezer.freeze(self.runc_root, container_id)
         refuse_unrestorable(container_id, self.runc_root)
         _fresh_dir(dest)
         _fresh_dir(work)
+        return frozen
 
     async def dump_stop(self, container_id: str, name: str) -> None:
         # runc has killed the container behind containerd's back when this returns; Docker notices
         # the exit 50-150 ms later. A suspend is complete once the dump is written and the processes
         # are gone, so that wait is left to whoever needs Docker to agree (restore_in_place).
-        # Frozen first: CRIU freezes a cgroup v1 itself but looks at the freezer again only every
-        # 100 ms (a third of a 200 MB suspend), while `runc pause` polls in microseconds. CRIU leaves
+        # Frozen first (checkpoints/freezer.py: CRIU's own freezing waits in 100 ms steps). CRIU leaves
         # a cgroup it found frozen as it was; after the dump runc's destroy thaws and kills it. A dump
         # that fails leaves the processes frozen: they are thawed, and the sandbox keeps running.
-        await self.freeze(container_id)
         try:
-            await self._runc_checkpoint(container_id, self.checkpoint_dir(container_id, name), leave_running=False)
+            await self._runc_checkpoint(container_id, self.checkpoint_dir(container_id, name), leave_running=False,
+                                        freeze=True)
         except BaseException:
             await self.thaw([container_id])
             raise
