@@ -48,7 +48,10 @@ class AgentClients:
             return entry[1]
         if entry is not None:
             asyncio.get_running_loop().create_task(entry[1].aclose())
-        transport = httpx.AsyncHTTPTransport(uds=str(endpoint.run_dir / AGENT_SOCKET_NAME), limits=_LIMITS)
+        # verify=False: no TLS on a unix socket, and the transport's pool is replaced below; the default
+        # would load the CA bundle, 20-50 ms for every new pool (each create, resume and restore).
+        transport = httpx.AsyncHTTPTransport(uds=str(endpoint.run_dir / AGENT_SOCKET_NAME), limits=_LIMITS,
+                                             verify=False)
         # httpx takes no network backend; its pool is replaced by the same pool with the verified one.
         transport._pool = httpcore.AsyncConnectionPool(
             max_connections=_LIMITS.max_connections,

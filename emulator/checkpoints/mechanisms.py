@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from emulator.backend.base import RuntimeBackend
+from emulator.checkpoints import freezer
 from emulator.checkpoints.containerd_leftovers import NONCE_FILE, remove_copy_of
 from emulator.checkpoints.criu_errors import snapshot_failure
 from emulator.checkpoints.preflight import DEFAULT_RUNC_ROOT, refuse_unrestorable
@@ -170,11 +171,12 @@ class DockerMechanism:
     async def _wait_stopped(self, container_id: str) -> None:
         """Wait up to 8 s until Docker sees the container stopped after a dump that stopped it (the
         runtime kills it behind containerd's back; Docker notices a little later). Raises EmulatorError."""
-        for _ in range(400):
+        # Short steps: while Docker handles the exit (100-150 ms) an inspect waits for it anyway.
+        for _ in range(1600):
             state = await self.backend.state(container_id)
             if state is None or not state.running:
                 return
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.005)
         raise EmulatorError("the container did not stop after its checkpoint")
 
 
@@ -214,11 +216,10 @@ class RuncMechanism(DockerMechanism):
     def checkpoint_dir(self, container_id: str, name: str) -> Path:
         return self.dump_root / container_id / name
 
-    async def _runc_checkpoint(self, container_id: str, dest: Path, leave_running: bool) -> None:
-        await asyncio.to_thread(refuse_unrestorable, container_id, self.runc_root)
-        await asyncio.to_thread(_fresh_dir, dest)
+    async def _runc_checkpoint(self, container_id: str, dest: Path, leave_running: bool, freeze: bool = False) -> None:
         work = dest.parent / f".{dest.name}.criu-work"
-        await asyncio.to_thread(_fresh_dir, work)
+        if not await asyncio.to_thread(self._prepare_dump, container_id, dest, work, freeze) and freeze:
+            await self.freeze(container_id)  # no cgroup v1 freezer to write: `runc pause`
         cmd = [self.runc, "--root", str(self.runc_root), "checkpoint", "--image-path", str(dest),
                "--work-path", str(work)]
         if leave_running:
@@ -237,16 +238,32 @@ class RuncMechanism(DockerMechanism):
             raise failure
         await asyncio.to_thread(shutil.rmtree, work, True)
 
+    def _prepare_dump(self, container_id: str, dest: Path, work: Path, freeze: bool) -> bool:
+        """Freeze (when `freeze`), checks and folders of a dump, in one thread hop; whether it froze the
+        container. Raises SnapshotFailed (refuse_unrestorable)."""
+        frozen = freeze and freezer.freeze(self.runc_root, container_id)
+        refuse_unrestorable(container_id, self.runc_root)
+        _fresh_dir(dest)
+        _fresh_dir(work)
+        return frozen
+
     async def dump_stop(self, container_id: str, name: str) -> None:
         # runc has killed the container behind containerd's back when this returns; Docker notices
         # the exit 50-150 ms later. A suspend is complete once the dump is written and the processes
         # are gone, so that wait is left to whoever needs Docker to agree (restore_in_place).
-        await self._runc_checkpoint(container_id, self.checkpoint_dir(container_id, name), leave_running=False)
+        # Frozen first (checkpoints/freezer.py: CRIU's own freezing waits in 100 ms steps). CRIU leaves
+        # a cgroup it found frozen as it was; after the dump runc's destroy thaws and kills it. A dump
+        # that fails leaves the processes frozen: they are thawed, and the sandbox keeps running.
+        try:
+            await self._runc_checkpoint(container_id, self.checkpoint_dir(container_id, name), leave_running=False,
+                                        freeze=True)
+        except BaseException:
+            await self.thaw([container_id])
+            raise
 
     async def restore_in_place(self, container_id: str, name: str) -> None:
         src = self.checkpoint_dir(container_id, name)
-        await self._wait_stopped(container_id)
-        await self._restore_linked(container_id, name, src)
+        await self._restore_linked(container_id, name, src, wait_stopped=True)
         # Consumed: the pages live in the sandbox again. Deleting hundreds of MB takes 50-150 ms, so
         # the folder is renamed out of the way (instant; a suspend right after writes a fresh one)
         # and removed in the background.
@@ -278,11 +295,19 @@ class RuncMechanism(DockerMechanism):
             if entry.is_dir() and entry.name not in live_container_ids:
                 await asyncio.to_thread(shutil.rmtree, entry, True)
 
-    async def _restore_linked(self, container_id: str, name: str, src: Path) -> None:
+    async def _restore_linked(self, container_id: str, name: str, src: Path, wait_stopped: bool = False) -> None:
+        """Docker's restore from the dump in `src`, after Docker has seen the container stop when
+        `wait_stopped` (a suspend answers before it does). Raises EmulatorError."""
         if not (src / "inventory.img").is_file():
             raise EmulatorError(f"restore failed: the dump in {src} is missing")
-        nonce = await asyncio.to_thread(_link_dump, src, super().checkpoint_dir(container_id, name))
+        # Docker's folder is filled while Docker is still taking note of the exit.
+        link = asyncio.ensure_future(asyncio.to_thread(_link_dump, src, super().checkpoint_dir(container_id, name)))
         try:
+            try:
+                if wait_stopped:
+                    await self._wait_stopped(container_id)
+            finally:
+                nonce = await link
             await self._start_from(container_id, name, nonce)
         finally:
             await self.backend.delete_checkpoint(container_id, name)

@@ -10,7 +10,7 @@ import asyncio
 import shutil
 from dataclasses import dataclass
 
-from emulator.checkpoints.criu_config import RUNC_CONF, ensure_runc_conf
+from emulator.checkpoints.criu_config import NFTABLES_LOCK, RUNC_CONF, ensure_runc_conf
 
 
 @dataclass
@@ -31,7 +31,9 @@ class CriuProbe:
                        ver)
         if not docker_experimental:
             return cls(False, "the Docker engine runs without --experimental, so it has no checkpoint API", ver)
-        conf_problem = await asyncio.to_thread(ensure_runc_conf)
+        nft = await _output("criu", "check", "--feature", "network_lock_nftables")
+        extra = NFTABLES_LOCK if "is supported" in nft else None
+        conf_problem = await asyncio.to_thread(ensure_runc_conf, RUNC_CONF, extra)
         if conf_problem:  # dumps still work, but not of TCP connections or file locks
             return cls(True, f"criu {ver} passes criu check; CRIU options missing: {conf_problem}", ver)
         return cls(True, f"criu {ver} passes criu check; options from {RUNC_CONF}", ver)

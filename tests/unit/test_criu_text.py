@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from emulator.api.errors import error_body
-from emulator.checkpoints.criu_config import CRIU_OPTIONS, ensure_runc_conf
+from emulator.checkpoints.criu_config import CRIU_OPTIONS, NFTABLES_LOCK, ensure_runc_conf
 from emulator.checkpoints.criu_errors import snapshot_failure
 from emulator.errors import SnapshotFailed
 
@@ -25,6 +25,12 @@ def test_runc_conf_is_written_with_every_option(tmp_path: Path) -> None:
     lines = [ln for ln in conf.read_text().splitlines() if not ln.startswith("#")]
     assert {ln.split()[0] for ln in lines} == set(CRIU_OPTIONS)
     assert "ghost-limit 512M" in lines
+
+
+def test_runc_conf_takes_the_extra_options_given(tmp_path: Path) -> None:
+    conf = tmp_path / "runc.conf"
+    assert ensure_runc_conf(conf, NFTABLES_LOCK) is None
+    assert "network-lock nftables" in conf.read_text().splitlines()
 
 
 def test_runc_conf_keeps_the_hosts_lines_and_adds_only_what_is_missing(tmp_path: Path) -> None:
