@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from tensorlake.image import delete_sandbox_image, find_sandbox_image_by_name, list_sandbox_images
 from tensorlake.image.sandbox_builder import SandboxImageBuildError, build_sandbox_image
-from tensorlake.sandbox import Sandbox
+from test_images import read_in_image
 
 from emulator.manager.image_context import MEMORY_ADVICE
 from sdk_shim.launcher import EmulatorProcess
 
-T = 60.0
 BASE = "tensorlake/ubuntu-minimal"
 
 
@@ -40,11 +39,7 @@ def test_legacy_build_with_context_runs_lists_and_deletes(tmp_path: Path) -> Non
         found = find_sandbox_image_by_name(name)
         assert found is not None and found["id"] == result["id"]
         assert [i for i in list_sandbox_images() if i["name"] == name], "listed once, from the legacy catalog"
-        sb = Sandbox.create(image=name, memory_mb=512, request_timeout=T)
-        try:
-            assert sb.run("cat", args=["/srv/data.txt"]).stdout.strip() == "legacy context"
-        finally:
-            sb.terminate()
+        assert read_in_image(name, "/srv/data.txt") == "legacy context"
     finally:
         delete_sandbox_image(name)
     assert find_sandbox_image_by_name(name) is None

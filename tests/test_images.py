@@ -54,6 +54,15 @@ def _dockerfile(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
+def read_in_image(name: str, path: str, memory_mb: int = 512) -> str:
+    """The text of `path` in a fresh sandbox of the registered image `name` (the sandbox is terminated)."""
+    sb = Sandbox.create(image=name, memory_mb=memory_mb, request_timeout=T)
+    try:
+        return sb.run("cat", args=[path]).stdout.strip()
+    finally:
+        sb.terminate()
+
+
 def _docker_labels(ref: str) -> dict[str, str] | None:
     out = subprocess.run(["docker", "image", "inspect", "-f", "{{json .Config.Labels}}", ref],
                          capture_output=True, text=True)
@@ -129,11 +138,7 @@ def test_rebuild_keeps_the_id_and_replaces_the_content(tmp_path: Path) -> None:
     second = build_sandbox_image(_dockerfile(tmp_path, f"FROM {BASE}\nRUN echo two > /v\n"), registered_name=name)
     try:
         assert first["id"] == second["id"] and first["snapshotId"] != second["snapshotId"]
-        sb = Sandbox.create(image=name, memory_mb=512, request_timeout=T)
-        try:
-            assert sb.run("cat", args=["/v"]).stdout.strip() == "two"
-        finally:
-            sb.terminate()
+        assert read_in_image(name, "/v") == "two"
     finally:
         delete_sandbox_image(name)
 
@@ -206,11 +211,7 @@ def test_a_snapshot_delete_during_a_build_leaves_its_layers(tmp_path: Path, emul
             sb.terminate()
         build.result(timeout=120)
     try:
-        sb2 = Sandbox.create(image=name, memory_mb=256, request_timeout=T)
-        try:
-            assert sb2.run("cat", args=["/who"]).stdout.strip() == "built"
-        finally:
-            sb2.terminate()
+        assert read_in_image(name, "/who", memory_mb=256) == "built"
     finally:
         delete_sandbox_image(name)
 
