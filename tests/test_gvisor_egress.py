@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 from runtime_helpers import GVISOR
 from tensorlake.sandbox import CLEAR_NETWORK_POLICY, CheckpointType, NetworkConfig, Sandbox
+from tensorlake.sandbox.exceptions import RemoteAPIError
 from test_egress import EgressNet, _docker, _expect, _probe, host_chain, testnet  # noqa: F401 (fixture)
 
 from sdk_shim.launcher import EmulatorProcess
@@ -161,3 +163,25 @@ def test_the_hosts_own_addresses_are_under_the_rules(emulator: EmulatorProcess,
         assert _connect(sb, gateway, 9)[0] == EHOSTUNREACH  # rejected by the rules, not refused by the host
         sb.update(network=CLEAR_NETWORK_POLICY)
         assert _connect(sb, gateway, 9)[0] != EHOSTUNREACH  # nothing listens there: refused (or dropped)
+
+
+def test_without_host_rules_the_old_way(tmp_path: Path) -> None:
+    """TLE_GVISOR_HOST_EGRESS=0 (what a host without br_netfilter gets): a sandbox with rules runs with host
+    networking (rules in its namespace; runsc cannot checkpoint it), and one on gVisor's stack cannot take rules."""
+    emu = EmulatorProcess(data_dir=tmp_path, extra_env={"TLE_GVISOR_HOST_EGRESS": "0",
+                                                        "TLE_TERMINATE_ON_EXIT": "1"}).start()
+    api = emu.api_url
+    try:
+        with Sandbox.create(name=f"gvo-{uuid.uuid4().hex[:8]}", memory_mb=256, deny_out=["192.0.2.1"],
+                            request_timeout=T, api_url=api) as sb:
+            assert _runtime(sb) == "runsc" and host_chain(sb.sandbox_id) is None
+            with pytest.raises(RemoteAPIError) as err:
+                sb.suspend(timeout=W)
+            assert err.value.status_code == 400 and "hostinet" in str(err.value)
+        with Sandbox.create(memory_mb=256, request_timeout=T, api_url=api) as sb:
+            with pytest.raises(RemoteAPIError) as err:
+                sb.update(network=NetworkConfig(deny_out=["192.0.2.1"]))
+            assert err.value.status_code == 400 and "gVisor's own network stack" in str(err.value)
+            assert sb.run("echo", ["still serving"]).stdout.strip() == "still serving"
+    finally:
+        emu.stop()

@@ -105,10 +105,10 @@ async def resolve(policy: dict[str, Any] | None, resolvers: tuple[Network, ...] 
     )
 
 
-def host_rules_available() -> bool:
-    """Whether gVisor sandboxes with egress rules can run on gVisor's own network stack here (their rules
-    enforced on the host: iptables and br_netfilter; backend/egress_host.py)."""
-    return egress_host.unavailable() is None
+def host_rules_available(ctx: ManagerContext) -> bool:
+    """Whether gVisor sandboxes with egress rules run on gVisor's own network stack here, their rules enforced on
+    the host (TLE_GVISOR_HOST_EGRESS, and iptables and br_netfilter: backend/egress_host.py)."""
+    return ctx.settings.gvisor_host_egress and egress_host.unavailable() is None
 
 
 def on_host(rec: SandboxRecord) -> bool:
@@ -212,7 +212,7 @@ async def update(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any]
 async def sweep_host_rules(ctx: ManagerContext) -> None:
     """At start-up: remove the host-side chains of this emulator's sandboxes that no longer run (ended or
     suspended while it was down); those of live ones are rewritten by `reapply_running`. Failures logged."""
-    if not host_rules_available():
+    if egress_host.unavailable():
         return
     keep = [r.id for r in ctx.table if r.live and r.status != SandboxStatus.suspended]
     try:

@@ -24,7 +24,7 @@ def runtime_of(ctx: ManagerContext, rec: SandboxRecord, image: str) -> str:
     cannot enforce them (model/runtimes.py docker_runtime)."""
     _, runtime = image_runtime(image, ctx.settings.runtime)
     return docker_runtime(rec.runtime or runtime, rec.network_policy, ctx.checkpoints.gvisor_runtimes,
-                          host_rules=egress.host_rules_available())
+                          host_rules=egress.host_rules_available(ctx))
 
 
 def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> ContainerSpec:

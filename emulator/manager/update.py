@@ -81,7 +81,7 @@ def _check_gvisor_network(ctx: ManagerContext, rec: SandboxRecord, policy: dict[
         raise NotSupported(f"Sandbox {rec.id} runs under gVisor without a network (created with "
                            "allow_internet_access=False, so that it can suspend and take memory snapshots); "
                            "its network cannot be opened: create a new sandbox with internet access")
-    if used == RUNSC_NETSTACK and not gvisor_open(policy) and not egress.host_rules_available():
+    if used == RUNSC_NETSTACK and not gvisor_open(policy) and not egress.host_rules_available(ctx):
         raise NotSupported(f"Sandbox {rec.id} runs on gVisor's own network stack (created with internet access "
                            "and no egress rules, so that it can suspend and take memory snapshots), whose packets "
                            "pass by the iptables rules that enforce allow_internet_access=False, allow_out and "
