@@ -21,6 +21,11 @@ and internet access, DNS (53, UDP and TCP) to the container's resolvers -> RETUR
 then REJECT when the allow list is non-empty or internet access is off. Each change is one
 `iptables-restore --noflush` per family (one transaction: the chain is flushed, refilled and its jumps
 replaced at once). Edits of the shared chain are serialised between emulators by a lock file.
+
+A chain matches by address, and Docker gives a freed address to the next container: so a sandbox's chain is
+removed as soon as its container stops running there (terminate, suspend; manager/context.py), written again
+for the new address at resume, and at start-up `sweep` removes every chain whose container no longer runs at
+its addresses (also another emulator's, left by one that was killed), checked with Docker under the lock.
 """
 
 from __future__ import annotations
@@ -28,14 +33,16 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import shlex
 import shutil
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from emulator.backend.base import ContainerState
 from emulator.backend.egress import EgressRules, Network
 from emulator.errors import EmulatorError
 
@@ -121,16 +128,26 @@ def _restore(version: int, lines: list[str]) -> None:
         raise EmulatorError(f"{_TOOLS[version][1]} on the host failed: {res.stderr.strip()[:500]}")
 
 
+def _lock_acquire() -> IO[str]:
+    path = LOCK_FILE if LOCK_FILE.parent.is_dir() else Path("/tmp") / LOCK_FILE.name
+    f = open(path, "a")  # noqa: SIM115 - released by _lock_release
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def _lock_release(f: IO[str]) -> None:
+    fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()
+
+
 @contextmanager
 def _locked() -> Iterator[None]:
     """One emulator at a time edits the shared chain (the xtables lock covers one command, not a read-modify-write)."""
-    path = LOCK_FILE if LOCK_FILE.parent.is_dir() else Path("/tmp") / LOCK_FILE.name
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    f = _lock_acquire()
+    try:
+        yield
+    finally:
+        _lock_release(f)
 
 
 def _ensure_parent(version: int) -> None:
@@ -170,21 +187,63 @@ def _apply_sync(instance: str, sandbox_id: str, addrs: Addresses, rules: EgressR
             _restore(version, lines)
 
 
-def _remove_sync(instance: str, sandbox_ids: Iterable[str] | None, keep: Iterable[str] = ()) -> int:
-    """Remove the chains (and their jumps) of `sandbox_ids`, or with None every chain of `instance` not in `keep`."""
-    wanted = None if sandbox_ids is None else {chain_name(instance, s) for s in sandbox_ids}
-    prefix = f"{CHAIN_PREFIX}{instance[:8]}-"
+def _remove_chains(version: int, table: list[str], chains: Iterable[str]) -> int:
     removed = 0
+    for chain in chains:
+        if f"-N {chain}" in table:
+            _restore(version, [*_jumps_to(table, chain), f"-F {chain}", f"-X {chain}"])
+            removed += 1
+    return removed
+
+
+def _remove_sync(instance: str, sandbox_id: str) -> None:
+    chain = chain_name(instance, sandbox_id)
     with _locked():
         for version in (4, 6):
-            table = _table(version)
-            chains = [ln.split()[1] for ln in table if ln.startswith(f"-N {prefix}")]
-            for chain in chains:
-                if (wanted is not None and chain not in wanted) or chain in set(keep):
+            _remove_chains(version, _table(version), [chain])
+
+
+def _owners(table: list[str]) -> dict[str, tuple[str, set[str]]]:
+    """{chain: (sandbox id, the sources its jumps match)} of the emulator's chains, every instance's."""
+    out: dict[str, tuple[str, set[str]]] = {}
+    for line in table:
+        if line.startswith("-N " + CHAIN_PREFIX):
+            out.setdefault(line.split()[1], ("", set()))
+        if not line.startswith(f"-A {PARENT} "):
+            continue
+        words = shlex.split(line)
+        chain, comment = words[-1], next((w for w in words if w.startswith(_COMMENT + " ")), "")
+        sources = {words[i + 1].split("/")[0].lower() for i, w in enumerate(words) if w in ("-s", "--mac-source")}
+        if chain.startswith(CHAIN_PREFIX) and comment:
+            out[chain] = (comment.removeprefix(_COMMENT + " "), out.get(chain, ("", set()))[1] | sources)
+    return out
+
+
+async def sweep(state: Callable[[str], Awaitable[ContainerState | None]]) -> int:
+    """Remove every chain of the emulator's (any instance's) whose sandbox's container (`state("tle-<id>")`,
+    the backend's) no longer runs at the addresses its jumps match: ended, suspended, or gone while its emulator
+    was down, or left by an emulator that was killed. Others, and rules the emulator did not make, are left
+    alone; a container whose state cannot be read keeps its chain. The whole sweep holds the lock, so an
+    emulator applying rules meanwhile waits for it. Returns how many chains (per family) went. Raises
+    EmulatorError."""
+    lock = await asyncio.to_thread(_lock_acquire)
+    try:
+        removed = 0
+        for version in (4, 6):
+            table = await asyncio.to_thread(_table, version)
+            stale = []
+            for chain, (sandbox_id, sources) in _owners(table).items():
+                try:
+                    st = await state(f"tle-{sandbox_id}") if sandbox_id else None
+                except EmulatorError:
                     continue
-                _restore(version, [*_jumps_to(table, chain), f"-F {chain}", f"-X {chain}"])
-                removed += 1
-    return removed
+                have = addresses_of(st.networks) if st is not None and st.running else Addresses()
+                if not sources or not sources <= set(have.ipv4 if version == 4 else have.macs):
+                    stale.append(chain)
+            removed += await asyncio.to_thread(_remove_chains, version, table, stale)
+        return removed
+    finally:
+        await asyncio.to_thread(_lock_release, lock)
 
 
 async def apply(instance: str, sandbox_id: str, addrs: Addresses, rules: EgressRules) -> None:
@@ -202,12 +261,4 @@ async def remove(instance: str, sandbox_id: str) -> None:
     """Remove the sandbox's chain and jumps, when it has any (it stopped running on its address).
 
     Raises EmulatorError."""
-    await asyncio.to_thread(_remove_sync, instance, [sandbox_id])
-
-
-async def sweep(instance: str, keep_sandboxes: Iterable[str]) -> int:
-    """Remove every chain of emulator `instance` except those of `keep_sandboxes` (at start-up: the chains of
-    sandboxes that ended while the emulator was down); chains of other emulators, and rules the emulator did
-    not make, are left alone. Returns how many chains (per family) were removed. Raises EmulatorError."""
-    keep = {chain_name(instance, s) for s in keep_sandboxes}
-    return await asyncio.to_thread(_remove_sync, instance, None, keep)
+    await asyncio.to_thread(_remove_sync, instance, sandbox_id)

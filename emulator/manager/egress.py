@@ -210,18 +210,18 @@ async def update(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any]
 
 
 async def sweep_host_rules(ctx: ManagerContext) -> None:
-    """At start-up: remove the host-side chains of this emulator's sandboxes that no longer run (ended or
-    suspended while it was down); those of live ones are rewritten by `reapply_running`. Failures logged."""
+    """At start-up: remove the host-side chains whose sandbox's container no longer runs at their addresses
+    (ended or suspended while the emulator was down, or left by a killed emulator; backend/egress_host.py
+    `sweep`); those of running sandboxes are rewritten by `reapply_running`. Failures logged."""
     if egress_host.unavailable():
         return
-    keep = [r.id for r in ctx.table if r.live and r.status != SandboxStatus.suspended]
     try:
-        removed = await egress_host.sweep(instance_label(ctx.settings.data_dir), keep)
+        removed = await egress_host.sweep(ctx.backend.state)
     except EmulatorError as exc:
         log.warning("could not sweep the host's egress chains: %s", exc.message)
         return
     if removed:
-        log.info("removed %d host egress chain(s) of sandboxes no longer running", removed)
+        log.info("removed %d host egress chain(s) of sandboxes no longer running there", removed)
 
 
 async def reapply_running(ctx: ManagerContext) -> None:

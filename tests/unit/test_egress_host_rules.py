@@ -74,3 +74,16 @@ def test_removal_lines_match_only_the_sandboxes_jumps() -> None:
              '-A TLE-EGRESS -s 172.17.0.6/32 -m comment --comment "tle-egress sandbox sb2" -j TLE-E-0123abcd-x']
     assert egress_host._jumps_to(table, C) == [
         f'-D TLE-EGRESS -s 172.17.0.5/32 -m comment --comment "tle-egress sandbox sb1" -j {C}']
+
+
+def test_owners_of_chains_from_the_table() -> None:
+    other = "TLE-E-ffffffff-0000000000000"
+    table = ["-N TLE-EGRESS", f"-N {C}", f"-N {other}", "-N DOCKER-USER", "-A DOCKER-USER -j RETURN",
+             f'-A TLE-EGRESS -s 172.17.0.5/32 -m comment --comment "tle-egress sandbox sb1" -j {C}',
+             f'-A TLE-EGRESS -s 172.30.0.2/32 -m comment --comment "tle-egress sandbox sb1" -j {C}',
+             f'-A TLE-EGRESS -m mac --mac-source 02:42:AC:11:00:05 -m comment --comment "tle-egress sandbox sb1" '
+             f'-j {C}']
+    owners = egress_host._owners(table)
+    assert owners[C] == ("sb1", {"172.17.0.5", "172.30.0.2", "02:42:ac:11:00:05"})
+    assert owners[other] == ("", set())  # a chain without jumps: nothing to keep it
+    assert "DOCKER-USER" not in owners and "TLE-EGRESS" not in owners
