@@ -15,8 +15,8 @@ Layout, filter table, IPv4 and IPv6 alike:
     not report). The jumps carry the comment `tle-egress sandbox <id>`.
 
 The sandbox's chain has backend/egress.py's semantics and order, with RETURN for "allowed" (the packet goes
-on through Docker's own rules, so network isolation stays Docker's) and REJECT (an ICMP "administratively
-prohibited") for "blocked": established/related -> RETURN; each deny -> REJECT; with a non-empty allow list
+on through Docker's own rules, so network isolation stays Docker's) and REJECT (an ICMP "host unreachable",
+`REJECT_WITH`) for "blocked": established/related -> RETURN; each deny -> REJECT; with a non-empty allow list
 and internet access, DNS (53, UDP and TCP) to the container's resolvers -> RETURN; each allow -> RETURN;
 then REJECT when the allow list is non-empty or internet access is off. Each change is one
 `iptables-restore --noflush` per family (one transaction: the chain is flushed, refilled and its jumps
@@ -53,6 +53,10 @@ _TOOLS = {4: ("iptables", "iptables-restore"), 6: ("ip6tables", "ip6tables-resto
 # where the shared chain is jumped to from, per family (IPv4: Docker's documented place for user rules)
 _HOOKS = {4: ("DOCKER-USER", "INPUT"), 6: ("FORWARD", "INPUT")}
 _BRIDGE_SYSCTLS = ("/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables")
+# The ICMP a blocked packet is answered with: codes gVisor's stack turns into a socket error, so a connect fails at
+# once (EHOSTUNREACH for IPv4, as under runc; ENETUNREACH for IPv6). gVisor ignores "administratively prohibited"
+# (what backend/egress.py's in-namespace rules send): a connect then hangs until its timeout.
+REJECT_WITH = {4: "icmp-host-unreachable", 6: "icmp6-no-route"}
 LOCK_FILE = Path("/run/lock/tensorlake-emulator-egress.lock")
 _TIMEOUT = 20.0  # seconds for one iptables command (it waits up to 5 s for the xtables lock)
 
@@ -98,7 +102,7 @@ def _family(nets: Iterable[Network], version: int) -> list[Network]:
 
 def chain_rules(chain: str, rules: EgressRules, version: int) -> list[str]:
     """The `-A <chain> ...` lines of the sandbox's chain for one address family (4 or 6); the order above."""
-    reject = f"-j REJECT --reject-with {'icmp-admin-prohibited' if version == 4 else 'icmp6-adm-prohibited'}"
+    reject = f"-j REJECT --reject-with {REJECT_WITH[version]}"
     out = [f"-A {chain} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN"]
     out += [f"-A {chain} -d {net} {reject}" for net in _family(rules.deny, version)]
     if rules.allow and rules.allow_internet_access:

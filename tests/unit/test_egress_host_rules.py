@@ -13,7 +13,7 @@ from emulator.backend.egress_host import PARENT, Addresses, addresses_of, chain_
 net = ipaddress.ip_network
 DNS = (net("10.255.255.53/32"),)
 C = "TLE-E-0123abcd-0123456789abc"
-REJECT = "-j REJECT --reject-with icmp-admin-prohibited"
+REJECT = "-j REJECT --reject-with icmp-host-unreachable"
 
 
 def test_chain_name_fits_iptables_and_keys_instance_and_sandbox() -> None:
@@ -46,7 +46,7 @@ def test_no_internet_rejects_all_and_deny_only_leaves_the_rest_to_docker() -> No
 def test_families_split() -> None:
     rules = EgressRules(allow=(net("10.0.0.0/8"), net("fd00::/8")), deny=(net("fd00::1/128"),))
     v6 = chain_rules(C, rules, 6)
-    assert f"-A {C} -d fd00::1/128 -j REJECT --reject-with icmp6-adm-prohibited" in v6
+    assert f"-A {C} -d fd00::1/128 -j REJECT --reject-with icmp6-no-route" in v6
     assert not [r for r in v6 if "10.0.0.0" in r] and not [r for r in chain_rules(C, rules, 4) if "fd00" in r]
 
 
