@@ -123,7 +123,10 @@ def jump_rules(chain: str, sandbox_id: str, addrs: Addresses, version: int) -> l
 
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=_TIMEOUT)
+    try:
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EmulatorError(f"{argv[0]} on the host failed: {exc}") from None
 
 
 def _restore(version: int, lines: list[str]) -> None:
