@@ -134,7 +134,7 @@ async def _enforce_on_host(ctx: ManagerContext, rec: SandboxRecord, policy: dict
     """`enforce` for a sandbox on gVisor's own network stack: its chain on the host, by its current addresses."""
     instance = instance_label(ctx.settings.data_dir)
     if not restricted(policy):
-        if not fresh:
+        if not fresh and not egress_host.unavailable():  # where no chain can have been written, none to remove
             await egress_host.remove(instance, rec.id)
         return
     why = egress_host.unavailable()
