@@ -53,9 +53,10 @@ _TOOLS = {4: ("iptables", "iptables-restore"), 6: ("ip6tables", "ip6tables-resto
 # where the shared chain is jumped to from, per family (IPv4: Docker's documented place for user rules)
 _HOOKS = {4: ("DOCKER-USER", "INPUT"), 6: ("FORWARD", "INPUT")}
 _BRIDGE_SYSCTLS = ("/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables")
-# The ICMP a blocked packet is answered with: codes gVisor's stack turns into a socket error, so a connect fails at
-# once (EHOSTUNREACH for IPv4, as under runc; ENETUNREACH for IPv6). gVisor ignores "administratively prohibited"
-# (what backend/egress.py's in-namespace rules send): a connect then hangs until its timeout.
+# The ICMP a blocked packet is answered with: codes every gVisor release turns into a socket error, so a connect
+# fails at once (EHOSTUNREACH for IPv4, as under runc; ENETUNREACH for IPv6). Older gVisor stacks ignore
+# "administratively prohibited" (what backend/egress.py's in-namespace rules send; this host's runsc 20240729 does
+# answer it with EHOSTUNREACH, measured), and a connect would then hang until its timeout.
 REJECT_WITH = {4: "icmp-host-unreachable", 6: "icmp6-no-route"}
 LOCK_FILE = Path("/run/lock/tensorlake-emulator-egress.lock")
 _TIMEOUT = 20.0  # seconds for one iptables command (it waits up to 5 s for the xtables lock)
