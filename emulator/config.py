@@ -64,6 +64,11 @@ class Settings(BaseModel):
                               "image used when none is given")
     runtime: str = _env("TLE_RUNTIME", "runc", "default OCI runtime for sandboxes: runc or runsc (gVisor); an image "
                         "suffix +runsc/+runc picks one per sandbox (docs/gvisor.md)", min_length=1)
+    gvisor_host_egress: bool = _env("TLE_GVISOR_HOST_EGRESS", True,
+                                    "1 = the egress rules of gVisor sandboxes are enforced on the host (where "
+                                    "br_netfilter is on), so they run on gVisor's own network stack and can "
+                                    "suspend; 0 = host networking, rules in the container's namespace "
+                                    "(docs/gvisor.md)")
     log_level: LogLevel = _env("TLE_LOG_LEVEL", "info", "debug, info, warning or error")
     docker_host: str = _env("TLE_DOCKER_HOST", "unix:///var/run/docker.sock", "Docker Engine API endpoint")
     default_disk_mb: int = _env("TLE_DEFAULT_DISK_MB", 10240, "disk_mb reported when a create gives none", ge=1)

@@ -1,5 +1,6 @@
 """Network egress (issue 15, part 2): allow_internet_access / allow_out / deny_out enforced in the
-sandbox's network namespace, with the real SDK against a real emulator.
+sandbox's network namespace (under gVisor's own network stack: on the host, emulator/backend/egress_host.py),
+with the real SDK against a real emulator.
 
 Test traffic goes ONLY to two server containers this module creates on an internal Docker network
 (no route out) that it also creates; the sandbox's container is connected to that network. A
@@ -74,6 +75,15 @@ class EgressNet:
         """Connect the sandbox's container to the internal network (its second interface)."""
         _docker("network", "connect", self.name, f"tle-{sandbox_id}")
 
+    def attach_and_see(self, sb: Sandbox) -> None:
+        """`attach`, then under gVisor a suspend and resume (of a named sandbox): gVisor's own network stack reads
+        the namespace's interfaces when it starts or restores, so the network is inside after a resume
+        (docs/gvisor.md); the resume also re-applies the rules for the container's new addresses."""
+        self.attach(sb.sandbox_id)
+        if GVISOR:
+            sb.suspend(timeout=W)
+            sb.resume(timeout=W)
+
 
 def _wait_listening(container: str) -> None:
     check = "import socket; socket.create_connection(('127.0.0.1', 8080), 1).close()"
@@ -123,7 +133,26 @@ def _expect(net: EgressNet, a: str, b: str) -> dict[str, str]:
     return {net.a: a, net.b: b}
 
 
+def _on_host(sandbox_id: str) -> bool:
+    return _docker("inspect", "-f", "{{.HostConfig.Runtime}}", f"tle-{sandbox_id}") == "runsc-netstack"
+
+
+def host_chain(sandbox_id: str) -> str | None:
+    """The host-side chain of a sandbox on gVisor's own network stack (found by its jumps' comment), or None."""
+    table = subprocess.run(["iptables", "-S", "TLE-EGRESS"], capture_output=True, text=True).stdout
+    jumps = [ln.split()[-1] for ln in table.splitlines() if f'"tle-egress sandbox {sandbox_id}"' in ln]
+    return jumps[0] if jumps else None
+
+
 def _rules(sandbox_id: str) -> str:
+    """The sandbox's rules as `iptables -S` shows them, with "allowed" written ACCEPT both ways (the host-side
+    chain RETURNs an allowed packet to Docker's own rules)."""
+    if _on_host(sandbox_id):
+        chain = host_chain(sandbox_id)
+        if chain is None:
+            return ""
+        out = subprocess.run(["iptables", "-S", chain], capture_output=True, text=True, check=True).stdout
+        return out.replace("-j RETURN", "-j ACCEPT")
     pid = _docker("inspect", "-f", "{{.State.Pid}}", f"tle-{sandbox_id}")
     return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "iptables", "-S", "OUTPUT"],
                           capture_output=True, text=True, check=True).stdout
@@ -147,12 +176,7 @@ def test_policy_at_create(emulator: EmulatorProcess, testnet: EgressNet, kwargs:
     fill = {"a": testnet.a, "b": testnet.b, "subnet": testnet.subnet}
     args = {k: ([e.format(**fill) for e in v] if isinstance(v, list) else v) for k, v in kwargs.items()}
     with Sandbox.create(name=f"eg-{uuid.uuid4().hex[:8]}", memory_mb=256, request_timeout=T, **args) as sb:
-        testnet.attach(sb.sandbox_id)
-        if GVISOR and not kwargs:
-            # no rules: gVisor's own network stack, which reads the namespace's interfaces when it starts or
-            # restores; the test network attached now is inside after a resume (docs/gvisor.md)
-            sb.suspend(timeout=W)
-            sb.resume(timeout=W)
+        testnet.attach_and_see(sb)
         assert _probe(sb, testnet) == _expect(testnet, a, b)
 
 
@@ -208,12 +232,10 @@ def test_sandbox_cannot_change_its_rules(emulator: EmulatorProcess, testnet: Egr
 # ---- update, suspend / resume, restart ---------------------------------------------------------------
 
 
-@pytest.mark.runc_only("a gVisor sandbox that can suspend has no egress rules, and one with rules cannot suspend "
-                       "(host networking; docs/gvisor.md)")
 def test_update_running_then_suspend_resume(emulator: EmulatorProcess, testnet: EgressNet) -> None:
     sb = Sandbox.create(name=f"egr-{RUN}", memory_mb=256, request_timeout=T)
     try:
-        testnet.attach(sb.sandbox_id)
+        testnet.attach_and_see(sb)
         assert _probe(sb, testnet) == _expect(testnet, "open", "open")
         sb.update(network=NetworkConfig(allow_out=[testnet.b]))
         assert _probe(sb, testnet) == _expect(testnet, "blocked", "open")
@@ -244,16 +266,18 @@ def test_restored_copy_keeps_the_policy(emulator: EmulatorProcess, testnet: Egre
         snap = sb.checkpoint(timeout=W)
         assert snap is not None
         try:
-            with Sandbox.create(snapshot_id=snap.snapshot_id, request_timeout=T) as copy:
-                testnet.attach(copy.sandbox_id)
+            with Sandbox.create(snapshot_id=snap.snapshot_id, name=f"egc-{uuid.uuid4().hex[:8]}",
+                                request_timeout=T) as copy:
+                testnet.attach_and_see(copy)
                 assert _probe(copy, testnet) == _expect(testnet, "blocked", "open")
         finally:
             Sandbox.delete_snapshot(snap.snapshot_id, request_timeout=T)
 
 
 def test_bad_update_keeps_the_previous_policy(emulator: EmulatorProcess, testnet: EgressNet) -> None:
-    with Sandbox.create(memory_mb=256, request_timeout=T, allow_out=[testnet.a]) as sb:
-        testnet.attach(sb.sandbox_id)
+    with Sandbox.create(name=f"egb-{uuid.uuid4().hex[:8]}", memory_mb=256, request_timeout=T,
+                        allow_out=[testnet.a]) as sb:
+        testnet.attach_and_see(sb)
         with pytest.raises(RemoteAPIError) as err:  # the SDK sends it; the server's validation refuses it
             sb.update(network=NetworkConfig(allow_out=["not a host!"]))
         assert err.value.status_code == 400
@@ -264,9 +288,13 @@ def test_bad_update_keeps_the_previous_policy(emulator: EmulatorProcess, testnet
 def test_async_create_and_update(emulator: EmulatorProcess, testnet: EgressNet) -> None:
     async def main() -> None:
         # "localhost" is a host name resolved from the host's /etc/hosts: no DNS query is sent.
-        sb = await AsyncSandbox.create(memory_mb=256, request_timeout=T, allow_out=["localhost", testnet.b])
+        sb = await AsyncSandbox.create(name=f"ega-{uuid.uuid4().hex[:8]}", memory_mb=256, request_timeout=T,
+                                       allow_out=["localhost", testnet.b])
         try:
             testnet.attach(sb.sandbox_id)
+            if GVISOR:  # the attached network is inside gVisor's own stack after a resume (attach_and_see)
+                await sb.suspend(timeout=W)
+                await sb.resume(timeout=W)
             res = await sb.run("python3", ["-c", PROBE, testnet.a, testnet.b], timeout=30)
             assert json.loads(res.stdout) == _expect(testnet, "blocked", "open")
             await sb.update(network=NetworkConfig(deny_out=[testnet.b]))
@@ -290,11 +318,14 @@ def test_rules_reapplied_after_emulator_restart(testnet: EgressNet) -> None:
     try:
         sb = Sandbox.create(name=f"egr-rst-{RUN}", memory_mb=256, request_timeout=T, api_url=api,
                             deny_out=[testnet.a])
-        testnet.attach(sb.sandbox_id)
+        testnet.attach_and_see(sb)
         assert _probe(sb, testnet) == _expect(testnet, "blocked", "open")
         first.stop()
-        pid = _docker("inspect", "-f", "{{.State.Pid}}", f"tle-{sb.sandbox_id}")
-        subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "iptables", "-F", "OUTPUT"], check=True)
+        if _on_host(sb.sandbox_id):  # gVisor's own network stack: the rules are the host's chain
+            subprocess.run(["iptables", "-F", host_chain(sb.sandbox_id) or "-"], check=True)
+        else:
+            pid = _docker("inspect", "-f", "{{.State.Pid}}", f"tle-{sb.sandbox_id}")
+            subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "iptables", "-F", "OUTPUT"], check=True)
         assert "REJECT" not in _rules(sb.sandbox_id)
         second = EmulatorProcess(data_dir=data_dir, api_port=api_port, proxy_port=proxy_port,
                                  extra_env={"TLE_TERMINATE_ON_EXIT": "1"}).start()

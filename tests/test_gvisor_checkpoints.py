@@ -233,20 +233,3 @@ def test_networked_gvisor_memory_snapshot_restores_into_new(emulator: EmulatorPr
             _advanced(sb, token, at_snapshot)  # the original runs on after its snapshot
         finally:
             Sandbox.delete_snapshot(snap.snapshot_id, api_url=emulator.api_url, request_timeout=T)
-
-
-def test_gvisor_sandbox_with_egress_rules_keeps_host_networking(emulator: EmulatorProcess) -> None:
-    """Egress rules are iptables rules in the sandbox's namespace, which gVisor's own stack bypasses: such a
-    sandbox runs with host networking (runtime runsc), which runsc cannot checkpoint; and a sandbox on gVisor's
-    stack cannot take rules later."""
-    with Sandbox.create(name=f"gvrules-{uuid.uuid4().hex[:8]}", memory_mb=256, deny_out=["192.0.2.1"],
-                        request_timeout=T) as sb:
-        assert _container(sb)["HostConfig"]["Runtime"] == "runsc"
-        with pytest.raises(RemoteAPIError) as err:
-            sb.suspend(timeout=W)
-        assert err.value.status_code == 400 and "hostinet" in str(err.value)
-    with Sandbox.create(memory_mb=256, request_timeout=T) as sb:
-        with pytest.raises(RemoteAPIError) as err:
-            sb.update(network=NetworkConfig(deny_out=["192.0.2.1"]))
-        assert err.value.status_code == 400 and "gVisor's own network stack" in str(err.value)
-        assert sb.run("echo", ["still serving"]).stdout.strip() == "still serving"

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 # The label rules live in emulator.labels (shared with the CLI and the pytest plugin); re-exported here
 # for the modules that build containers.
@@ -56,6 +56,8 @@ class ContainerState:
     labels: dict[str, str]
     exit_code: int | None = None
     oom_killed: bool = False
+    # Docker's `NetworkSettings.Networks` of the container ({network name: {IPAddress, MacAddress, ...}})
+    networks: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -206,10 +206,10 @@ class DockerBackend:
         data = await self._inspect(container_id)
         if data is None:
             return None
-        labels = data["Config"].get("Labels") or {}
-        st = data["State"]
+        labels, st = data["Config"].get("Labels") or {}, data["State"]
         return ContainerState(data["Id"], labels.get(LABEL_SANDBOX, ""), bool(st.get("Running")), labels,
-                              exit_code=st.get("ExitCode"), oom_killed=bool(st.get("OOMKilled")))
+                              exit_code=st.get("ExitCode"), oom_killed=bool(st.get("OOMKilled")),
+                              networks=(data.get("NetworkSettings") or {}).get("Networks") or {})
 
     async def exits(self) -> AsyncIterator[str]:
         """Ids of our containers as they die, from the Engine API's event stream (`GET /events`)."""

@@ -2,9 +2,10 @@
 the Docker runtimes `runsc-nonet` (no internet access: --network=none) and `runsc-netstack` (internet access,
 no egress rules: gVisor's own network stack, --network=sandbox --net-disconnect-ok; docs/gvisor.md).
 
-Why not for every gVisor sandbox: one with egress rules (allow_out / deny_out) runs with host networking, so
-that the iptables rules in its namespace see its traffic (gVisor's own stack sends raw frames past them), and
-runsc refuses to checkpoint with host networking ("checkpoint not supported when using hostinet").
+Why not for every gVisor sandbox: where the host cannot enforce egress rules (allow_out / deny_out) itself
+(backend/egress_host.py: no br_netfilter), a sandbox with rules runs with host networking, so that the iptables
+rules in its namespace see its traffic (gVisor's own stack sends raw frames past them), and runsc refuses to
+checkpoint with host networking ("checkpoint not supported when using hostinet").
 
 Open TCP connections of a runsc-netstack sandbox do not survive a dump: runsc refuses to save a connected
 endpoint unless --net-disconnect-ok, and with it drops them (the process gets an error on its next read or
@@ -42,7 +43,8 @@ GVISOR_OFF = ("Docker has neither the 'runsc-nonet' nor the 'runsc-netstack' run
               "registers them), or checkpoints are off (TLE_CHECKPOINT=off, or dockerd not experimental)")
 # why a gVisor sandbox under host networking cannot be checkpointed here (answered in a 400)
 GVISOR_NO_CHECKPOINT = (
-    "a gVisor sandbox with egress rules (allow_out / deny_out) runs with host networking, so that the iptables "
+    "a gVisor sandbox with egress rules (allow_out / deny_out) runs with host networking where the host cannot "
+    "enforce its rules outside the container (no br_netfilter: emulator/backend/egress_host.py), so that the iptables "
     "rules in its namespace see its traffic, and runsc refuses to checkpoint a sandbox using host networking "
     "('checkpoint not supported when using hostinet'); gVisor sandboxes without egress rules (with or without "
     "internet access) run on gVisor's own network stack or none and can be checkpointed (where Docker has the "

@@ -8,16 +8,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from emulator.agent_client import AgentClients
+from emulator.backend import egress_host
 from emulator.backend.base import EngineInfo, RuntimeBackend
 from emulator.checkpoints.engine import CheckpointEngine
 from emulator.config import Settings
-from emulator.errors import NotFound
+from emulator.errors import EmulatorError, NotFound
+from emulator.labels import instance_label
 from emulator.manager.fault_table import FaultTable
 from emulator.manager.pool_table import PoolTable
 from emulator.manager.run_dirs import RunDirs
 from emulator.manager.table import SandboxTable
 from emulator.manager.tasks import TaskSet
 from emulator.model.records import SandboxRecord, now_ms
+from emulator.model.runtimes import RUNSC_NETSTACK, gvisor_open
 from emulator.model.states import SandboxStatus
 
 if TYPE_CHECKING:
@@ -62,9 +65,21 @@ class ManagerContext:
                 # Its container ran a deleted snapshot's image (a copy's transient one, say), which Docker
                 # kept untagged while the container used it: nothing else would remove it now.
                 await self.backend.prune_dangling_ours()
+        await self.drop_host_rules(rec)
         if rec.suspend_checkpoint:
             await self.checkpoints.discard_suspend(rec)
         self.run_dirs.remove(rec.id)
+
+    async def drop_host_rules(self, rec: SandboxRecord) -> None:
+        """Remove the host-side egress chain of a sandbox on gVisor's own network stack with a restricting
+        policy (manager/egress.py), once its container no longer runs on its address: another container may
+        get that address next. Failures are logged (the start-up sweep removes what is left)."""
+        if rec.docker_runtime != RUNSC_NETSTACK or gvisor_open(rec.network_policy) or egress_host.unavailable():
+            return
+        try:
+            await egress_host.remove(instance_label(self.settings.data_dir), rec.id)
+        except EmulatorError as exc:
+            log.warning("sandbox %s: could not remove its host egress chain: %s", rec.id, exc.message)
 
     def _snapshot_kept(self, rec: SandboxRecord) -> bool:
         try:
@@ -77,4 +92,5 @@ class ManagerContext:
         """A sandbox whose container is gone or stopped: terminated with `Failure(reason)`."""
         await self.table.move(rec, SandboxStatus.terminated, termination_reason=reason,
                               outcome=f"Failure({reason})", error_details=details)
+        await self.drop_host_rules(rec)
         self.run_dirs.remove(rec.id)

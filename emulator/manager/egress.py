@@ -1,7 +1,10 @@
 """A sandbox's network policy (`allow_internet_access`, `allow_out`, `deny_out`) turned into rules
 and kept in force: after a container starts, after every resume or restore (CRIU's restore runs
 in a NEW network namespace, which starts empty), on `update`, and for running sandboxes when the
-emulator starts again. The rules themselves: backend/egress.py.
+emulator starts again. The rules themselves: backend/egress.py, in the container's namespace; for a
+gVisor sandbox on gVisor's own network stack (Docker runtime runsc-netstack), whose raw frames pass by
+those, backend/egress_host.py, on the host, keyed by the container's addresses: removed when it stops
+running on them (terminate, suspend: context.py `drop_host_rules`), swept at start-up for sandboxes gone.
 
 Host names are resolved by the emulator (the host's resolver) each time rules are applied; an
 entry's optional `:port` is accepted and ignored, as the SDK documents.
@@ -16,11 +19,14 @@ import socket
 from typing import Any
 
 from emulator.backend import egress as rules_backend
+from emulator.backend import egress_host
 from emulator.backend.base import AGENT_DIR_IN_SANDBOX
 from emulator.backend.egress import EgressRules, Network
 from emulator.errors import BadRequest, EmulatorError, NotSupported
+from emulator.labels import instance_label
 from emulator.manager.context import ManagerContext
 from emulator.model.records import SandboxRecord
+from emulator.model.runtimes import RUNSC_NETSTACK
 from emulator.model.states import SandboxStatus
 
 log = logging.getLogger(__name__)
@@ -99,9 +105,56 @@ async def resolve(policy: dict[str, Any] | None, resolvers: tuple[Network, ...] 
     )
 
 
+def host_rules_available(ctx: ManagerContext) -> bool:
+    """Whether gVisor sandboxes with egress rules run on gVisor's own network stack here, their rules enforced on
+    the host (TLE_GVISOR_HOST_EGRESS, and iptables and br_netfilter: backend/egress_host.py)."""
+    return ctx.settings.gvisor_host_egress and egress_host.unavailable() is None
+
+
+def on_host(rec: SandboxRecord) -> bool:
+    """Whether the sandbox's rules live on the host: its container runs on gVisor's own network stack."""
+    return rec.docker_runtime == RUNSC_NETSTACK
+
+
+async def _rules_now(rec: SandboxRecord, policy: dict[str, Any] | None, resolvers: tuple[Network, ...],
+                     strict: bool) -> EgressRules:
+    try:
+        return await resolve(policy, resolvers)
+    except BadRequest as exc:
+        if strict:
+            raise
+        # A name that resolved before does not now (resume, restart): fail closed rather than leave
+        # the sandbox open or its container running behind a record that says otherwise.
+        log.warning("sandbox %s: %s; all egress blocked until its policy is updated", rec.id, exc.message)
+        return EgressRules(allow_internet_access=False, resolvers=resolvers)
+
+
+async def _enforce_on_host(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any] | None,
+                           fresh: bool, strict: bool) -> None:
+    """`enforce` for a sandbox on gVisor's own network stack: its chain on the host, by its current addresses."""
+    instance = instance_label(ctx.settings.data_dir)
+    if not restricted(policy):
+        if not fresh and not egress_host.unavailable():  # where no chain can have been written, none to remove
+            await egress_host.remove(instance, rec.id)
+        return
+    why = egress_host.unavailable()
+    if why:
+        raise NotSupported(f"the egress rules of a gVisor sandbox on gVisor's own network stack are enforced on "
+                           f"the host, which cannot here: {why} (emulator/setup/host-setup.sh)")
+    state = await ctx.backend.state(rec.container_id or "")
+    pid = await ctx.backend.init_pid(rec.container_id or "")
+    if state is None or not state.running or pid is None:
+        raise EmulatorError(f"sandbox {rec.id}'s container is not running; its network policy was not applied")
+    rules = await _rules_now(rec, policy, rules_backend.resolvers_of(pid), strict)
+    await egress_host.apply(instance, rec.id, egress_host.addresses_of(state.networks), rules)
+    log.info("sandbox %s: egress policy applied on the host (internet=%s allow=%d deny=%d)", rec.id,
+             rules.allow_internet_access, len(rules.allow), len(rules.deny))
+
+
 async def enforce(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any] | None = None,
                   fresh: bool = False, strict: bool = False) -> None:
-    """Put `policy` (default: the record's) in force in the sandbox's running container.
+    """Put `policy` (default: the record's) in force in the sandbox's running container (for a gVisor
+    sandbox on gVisor's own network stack: on the host, for the container's current addresses).
 
     `fresh`: the namespace was just made (start, resume, restore), so an unrestricted policy needs
     no work. A host name that does not resolve raises BadRequest when `strict` (update), else all
@@ -109,6 +162,8 @@ async def enforce(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any
     refused; the previous rules then stay).
     """
     policy = rec.network_policy if policy is None else policy
+    if on_host(rec):
+        return await _enforce_on_host(ctx, rec, policy, fresh, strict)
     if not restricted(policy) and (fresh or rules_backend.tools_missing()):
         return  # nothing to undo: a new namespace, or a host where no rules could have been written
     if fresh and not needs_interface(policy):
@@ -119,16 +174,7 @@ async def enforce(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any
     pid = await ctx.backend.init_pid(rec.container_id)
     if pid is None:
         raise EmulatorError(f"sandbox {rec.id}'s container is not running; its network policy was not applied")
-    resolvers = rules_backend.resolvers_of(pid)
-    try:
-        rules = await resolve(policy, resolvers)
-    except BadRequest as exc:
-        if strict:
-            raise
-        # A name that resolved before does not now (resume, restart): fail closed rather than leave
-        # the sandbox open or its container running behind a record that says otherwise.
-        log.warning("sandbox %s: %s; all egress blocked until its policy is updated", rec.id, exc.message)
-        rules = EgressRules(allow_internet_access=False, resolvers=resolvers)
+    rules = await _rules_now(rec, policy, rules_backend.resolvers_of(pid), strict)
     await rules_backend.apply(pid, rules)
     log.info("sandbox %s: egress policy applied (%s)", rec.id, "unrestricted" if rules.unrestricted else
              f"internet={rules.allow_internet_access} allow={len(rules.allow)} deny={len(rules.deny)}")
@@ -163,8 +209,24 @@ async def update(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any]
         rec.network_policy = policy
 
 
+async def sweep_host_rules(ctx: ManagerContext) -> None:
+    """At start-up: remove the host-side chains whose sandbox's container no longer runs at their addresses
+    (ended or suspended while the emulator was down, or left by a killed emulator; backend/egress_host.py
+    `sweep`); those of running sandboxes are rewritten by `reapply_running`. Failures logged."""
+    if egress_host.unavailable():
+        return
+    try:
+        removed = await egress_host.sweep(ctx.backend.state)
+    except EmulatorError as exc:
+        log.warning("could not sweep the host's egress chains: %s", exc.message)
+        return
+    if removed:
+        log.info("removed %d host egress chain(s) of sandboxes no longer running there", removed)
+
+
 async def reapply_running(ctx: ManagerContext) -> None:
     """At start-up: the policy of every running sandbox again (names re-resolved); failures logged."""
+    await sweep_host_rules(ctx)
     if rules_backend.tools_missing():
         return  # no rules were written by this host
     for rec in list(ctx.table):

@@ -19,10 +19,12 @@ log = logging.getLogger(__name__)
 
 def runtime_of(ctx: ManagerContext, rec: SandboxRecord, image: str) -> str:
     """Docker's runtime for a container of `rec` (`image` may carry a runtime suffix; the record's runtime wins,
-    then the suffix, then TLE_RUNTIME): a gVisor sandbox without egress rules runs on gVisor's own network stack
-    or none, which runsc can checkpoint; one with rules under host networking (model/runtimes.py docker_runtime)."""
+    then the suffix, then TLE_RUNTIME): a gVisor sandbox runs on gVisor's own network stack (its egress rules
+    enforced on the host) or none, which runsc can checkpoint; with rules under host networking where the host
+    cannot enforce them (model/runtimes.py docker_runtime)."""
     _, runtime = image_runtime(image, ctx.settings.runtime)
-    return docker_runtime(rec.runtime or runtime, rec.network_policy, ctx.checkpoints.gvisor_runtimes)
+    return docker_runtime(rec.runtime or runtime, rec.network_policy, ctx.checkpoints.gvisor_runtimes,
+                          host_rules=egress.host_rules_available(ctx))
 
 
 def container_spec(ctx: ManagerContext, rec: SandboxRecord, image: str) -> ContainerSpec:

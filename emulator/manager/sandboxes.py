@@ -333,7 +333,8 @@ class SandboxManager:
         await cp.delete_snapshot(cp.get_snapshot(namespace, snapshot_id))
 
     def describe_checkpoints(self) -> dict[str, Any]:
-        return self._ctx.checkpoints.describe()
+        """The checkpoint engine's facts, and whether gVisor sandboxes' egress rules are enforced on the host."""
+        return {**self._ctx.checkpoints.describe(), "gvisor_host_egress_rules": egress.host_rules_available(self._ctx)}
 
     async def copy(self, rec: SandboxRecord, times: int, timeout: float) -> list[SandboxRecord]:
         """`copy(times=N)`: a snapshot of the sandbox (memory where CRIU works), restored N times."""

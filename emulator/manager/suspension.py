@@ -55,6 +55,7 @@ async def _do_suspend(ctx: ManagerContext, rec: SandboxRecord) -> None:
             ctx.transition_errors[rec.id] = f"suspend of {rec.id} failed, it keeps running: {exc.message}"
             await ctx.table.move(rec, S.running)
             return
+        await ctx.drop_host_rules(rec)  # its address is free now; the resume applies them for its new one
         await ctx.table.move(rec, S.suspended)
 
 

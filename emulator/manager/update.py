@@ -71,9 +71,9 @@ async def _resize(ctx: ManagerContext, rec: SandboxRecord, res: dict[str, Any],
 
 def _check_gvisor_network(ctx: ManagerContext, rec: SandboxRecord, policy: dict[str, Any] | None) -> None:
     """A gVisor sandbox keeps the network kind it was created with (docs/gvisor.md): under runsc-nonet
-    (created without internet access) it has no interface to open; under runsc-netstack (internet access, no
-    egress rules) gVisor's own network stack sends its packets past the iptables rules the emulator would write
-    in its namespace. Raises NotSupported for a policy the sandbox's network cannot carry."""
+    (created without internet access) it has no interface to open; under runsc-netstack (gVisor's own network
+    stack) its rules are enforced on the host, and where the host cannot (no br_netfilter), gVisor's stack
+    would send its packets past the rules. Raises NotSupported for a policy the sandbox's network cannot carry."""
     if (rec.runtime or ctx.settings.runtime) != RUNSC:
         return
     used = used_runtime(rec.docker_runtime, rec.network_policy)
@@ -81,9 +81,10 @@ def _check_gvisor_network(ctx: ManagerContext, rec: SandboxRecord, policy: dict[
         raise NotSupported(f"Sandbox {rec.id} runs under gVisor without a network (created with "
                            "allow_internet_access=False, so that it can suspend and take memory snapshots); "
                            "its network cannot be opened: create a new sandbox with internet access")
-    if used == RUNSC_NETSTACK and not gvisor_open(policy):
+    if used == RUNSC_NETSTACK and not gvisor_open(policy) and not egress.host_rules_available(ctx):
         raise NotSupported(f"Sandbox {rec.id} runs on gVisor's own network stack (created with internet access "
                            "and no egress rules, so that it can suspend and take memory snapshots), whose packets "
                            "pass by the iptables rules that enforce allow_internet_access=False, allow_out and "
-                           "deny_out: create a new gVisor sandbox with the rules (it runs with host networking), "
-                           "or use runc")
+                           "deny_out in its namespace, and this host cannot enforce them on the host side (no "
+                           "br_netfilter or iptables): create a new gVisor sandbox with the rules (it runs with "
+                           "host networking), or use runc")

@@ -20,8 +20,9 @@ RUNSC = "runsc"
 # Docker's runtime for gVisor sandboxes without internet access: runsc with --network=none, which runsc can
 # checkpoint (it refuses with host networking); registered by emulator/setup/gvisor-install.sh.
 RUNSC_NONET = "runsc-nonet"
-# Docker's runtime for gVisor sandboxes with internet access and no egress rules: gVisor's own network stack
-# (--network=sandbox), which runsc checkpoints too (a patched copy of runsc: emulator/setup/gvisor-install.sh).
+# Docker's runtime for gVisor sandboxes with internet access: gVisor's own network stack (--network=sandbox), which
+# runsc checkpoints too (a patched copy of runsc: emulator/setup/gvisor-install.sh); egress rules of such a sandbox
+# are enforced on the host (backend/egress_host.py).
 RUNSC_NETSTACK = "runsc-netstack"
 # the Docker runtimes of gVisor sandboxes that runsc can checkpoint (emulator/checkpoints/gvisor.py)
 GVISOR_CHECKPOINTABLE = (RUNSC_NONET, RUNSC_NETSTACK)
@@ -63,19 +64,22 @@ def gvisor_open(policy: dict[str, Any] | None) -> bool:
                            and not policy.get("deny_out")))
 
 
-def docker_runtime(runtime: str, policy: dict[str, Any] | None, checkpointable: Collection[str]) -> str:
+def docker_runtime(runtime: str, policy: dict[str, Any] | None, checkpointable: Collection[str],
+                   host_rules: bool = False) -> str:
     """Docker's runtime for a new container of a sandbox of `runtime` with network `policy`, where Docker has the
-    gVisor runtimes `checkpointable` (a subset of GVISOR_CHECKPOINTABLE, empty when gVisor checkpoints are off).
+    gVisor runtimes `checkpointable` (a subset of GVISOR_CHECKPOINTABLE, empty when gVisor checkpoints are off)
+    and `host_rules` says whether egress rules can be enforced on the host (backend/egress_host.py).
 
-    A gVisor sandbox without internet access: RUNSC_NONET; one that limits nothing: RUNSC_NETSTACK; one with
-    egress rules (allow_out / deny_out, enforced by iptables in its namespace, which gVisor's own stack bypasses):
-    RUNSC, host networking (docs/gvisor.md). Each only where Docker has it; a runc sandbox: `runtime`.
+    A gVisor sandbox without internet access: RUNSC_NONET; one that limits nothing, or any other one where
+    `host_rules`: RUNSC_NETSTACK; one with egress rules (allow_out / deny_out) where the host cannot enforce them:
+    RUNSC, host networking, whose rules live in its namespace (docs/gvisor.md). Each only where Docker has it; a
+    runc sandbox: `runtime`.
     """
     if runtime != RUNSC:
         return runtime
     if gvisor_offline(policy) and RUNSC_NONET in checkpointable:
         return RUNSC_NONET
-    if gvisor_open(policy) and RUNSC_NETSTACK in checkpointable:
+    if (gvisor_open(policy) or host_rules) and RUNSC_NETSTACK in checkpointable:
         return RUNSC_NETSTACK
     return RUNSC
 
@@ -87,16 +91,19 @@ def used_runtime(docker_runtime: str | None, policy: dict[str, Any] | None) -> s
 
 
 def describe(installed: list[str], default: str, criu_ok: bool,
-             gvisor_runtimes: Collection[str] = ()) -> dict[str, dict[str, object]]:
+             gvisor_runtimes: Collection[str] = (), host_rules: bool = False) -> dict[str, dict[str, object]]:
     """`/emulator/capabilities` "runtimes": for each known runtime, whether Docker has it, whether it is
     the default, how a create picks it, and what a sandbox of it supports here (docs/gvisor.md).
-    `gvisor_runtimes`: the checkpointable gVisor runtimes in use (GVISOR_CHECKPOINTABLE, where Docker has them)."""
+    `gvisor_runtimes`: the checkpointable gVisor runtimes in use (GVISOR_CHECKPOINTABLE, where Docker has them);
+    `host_rules`: whether egress rules of gVisor sandboxes are enforced on the host (docker_runtime)."""
     common = {"processes": True, "files": True, "pty": True, "tunnels": True, "networking": True,
               "egress_rules": True, "cpu_memory_limits": True, "filesystem_snapshots": True}
     out: dict[str, dict[str, object]] = {}
     # gVisor's own checkpoint (not CRIU), for the sandboxes of its checkpointable runtimes (docs/gvisor.md)
     gvisor_ckpt: object = False
-    if RUNSC_NETSTACK in gvisor_runtimes:
+    if RUNSC_NETSTACK in gvisor_runtimes and host_rules:
+        gvisor_ckpt = True  # every gVisor sandbox runs on gVisor's own stack or none
+    elif RUNSC_NETSTACK in gvisor_runtimes:
         gvisor_ckpt = ("without egress rules (allow_out / deny_out)" if RUNSC_NONET in gvisor_runtimes
                        else "with internet access and no egress rules")
     elif RUNSC_NONET in gvisor_runtimes:
@@ -110,10 +117,12 @@ def describe(installed: list[str], default: str, criu_ok: bool,
                          "suspend_resume": gvisor_ckpt if gvisor else criu_ok, "oom_keeps_sandbox": not gvisor},
         }
         if gvisor:
-            out[name]["notes"] = ("a sandbox with internet access and no egress rules runs on gVisor's own network "
-                                  "stack (runtime runsc-netstack; a checkpoint drops its open TCP connections), "
-                                  "one without internet access with --network=none (runsc-nonet): both suspend and "
-                                  "take memory snapshots through runsc's own checkpoint; one with allow_out/deny_out "
-                                  "runs with host networking in the container's own namespace (iptables rules), "
-                                  "which runsc cannot checkpoint; an out-of-memory ends the whole sandbox")
+            rules = ("its allow_out/deny_out rules are enforced on the host (iptables, br_netfilter)" if host_rules
+                     else "one with allow_out/deny_out runs with host networking in the container's own namespace "
+                          "(iptables rules), which runsc cannot checkpoint")
+            out[name]["notes"] = ("a sandbox with internet access runs on gVisor's own network stack (runtime "
+                                  "runsc-netstack; a checkpoint drops its open TCP connections), one without internet "
+                                  "access and nothing allowed out with --network=none (runsc-nonet): both suspend and "
+                                  f"take memory snapshots through runsc's own checkpoint; {rules}; an out-of-memory "
+                                  "ends the whole sandbox")
     return out

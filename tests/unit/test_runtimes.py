@@ -66,6 +66,18 @@ def test_docker_runtime_by_policy(runtime: str, policy: dict | None, have: tuple
     assert docker_runtime(runtime, policy, have) == want
 
 
+@pytest.mark.parametrize(("policy", "have", "want"), [
+    ({"deny_out": ["10.0.0.1"]}, GVISOR_CHECKPOINTABLE, RUNSC_NETSTACK),  # rules enforced on the host
+    ({"allow_internet_access": False, "allow_out": ["10.0.0.1"]}, GVISOR_CHECKPOINTABLE, RUNSC_NETSTACK),
+    ({"allow_internet_access": False}, GVISOR_CHECKPOINTABLE, RUNSC_NONET),  # still no interface at all
+    ({"allow_internet_access": False}, (RUNSC_NETSTACK,), RUNSC_NETSTACK),  # no runsc-nonet: a REJECT-all chain
+    ({"allow_out": ["10.0.0.1"]}, (RUNSC_NONET,), "runsc"),  # no runsc-netstack: host networking as before
+])
+def test_docker_runtime_with_host_rules(policy: dict, have: tuple[str, ...], want: str) -> None:
+    assert docker_runtime("runsc", policy, have, host_rules=True) == want
+    assert docker_runtime("runc", policy, have, host_rules=True) == "runc"
+
+
 def test_records_before_docker_runtime() -> None:
     assert used_runtime(None, {"allow_internet_access": False}) == RUNSC_NONET
     assert used_runtime(None, None) == "runsc"
@@ -77,6 +89,9 @@ def test_describe_says_which_gvisor_sandboxes_checkpoint() -> None:
     assert "allow_out" in both["runsc"]["supports"]["suspend_resume"]  # type: ignore[index,operator]
     nonet = describe(["runc", "runsc"], "runc", criu_ok=True, gvisor_runtimes=(RUNSC_NONET,))
     assert nonet["runsc"]["supports"]["memory_snapshots"] == "without internet access"  # type: ignore[index]
+    host = describe(["runc", "runsc"], "runc", criu_ok=True, gvisor_runtimes=GVISOR_CHECKPOINTABLE, host_rules=True)
+    assert host["runsc"]["supports"]["suspend_resume"] is True  # type: ignore[index]
+    assert "enforced on the host" in str(host["runsc"]["notes"])
 
 
 def test_a_plain_host_process_is_never_a_gvisor_listener() -> None:
