@@ -25,15 +25,17 @@ W = 60.0  # timeout of suspend / resume / checkpoint
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(not GVISOR, reason="the gVisor pass only (TLE_TEST_RUNTIME=runsc)")]
 
-# Holds a token drawn once at start in memory and counts; each line also goes to a file.
+# Holds a token drawn once at start in memory and counts; each count also goes to a file, replaced whole
+# (a plain rewrite can be caught truncated by a read, or by a snapshot, which keeps it so).
 COUNTER = """
 import os, time
 token = os.urandom(8).hex()
 i = 0
 while True:
     i += 1
-    with open('/srv/count.txt', 'w') as f:
+    with open('/srv/count.tmp', 'w') as f:
         f.write(f'{token} {i}')
+    os.replace('/srv/count.tmp', '/srv/count.txt')
     time.sleep(0.05)
 """
 
