@@ -28,8 +28,9 @@ from emulator.server import instance_label
 from sdk_shim.launcher import EmulatorProcess
 
 T = 30.0
-HEAP = ("b = bytearray(120 << 20)\nimport time\ni = 0\nwhile True:\n i += 1\n"
-        " open('/root/n', 'w').write(str(i))\n time.sleep(0.05)\n")
+# The count file is replaced whole: a plain rewrite can be read (or dumped) truncated.
+HEAP = ("b = bytearray(120 << 20)\nimport os, time\ni = 0\nwhile True:\n i += 1\n"
+        " open('/root/n.tmp', 'w').write(str(i))\n os.replace('/root/n.tmp', '/root/n')\n time.sleep(0.05)\n")
 
 
 class Crashable:
