@@ -46,20 +46,28 @@ class EgressRules:
         return self.allow_internet_access and not self.allow and not self.deny
 
 
+def policy_rules(chain: str, rules: EgressRules, version: int, allow: str, reject: str) -> list[str]:
+    """The `-A <chain> ...` lines of a restricted policy for one address family (4 or 6), from the
+    established/related rule on (rules 2-6 of the module docstring); `allow` is the target of allowed
+    traffic (ACCEPT, or RETURN in a host chain), `reject` the REJECT code. Shared with egress_host."""
+    drop = f"-j REJECT --reject-with {reject}"
+    out = [f"-A {chain} -m conntrack --ctstate ESTABLISHED,RELATED -j {allow}"]
+    out += [f"-A {chain} -d {net} {drop}" for net in _family(rules.deny, version)]
+    if rules.allow and rules.allow_internet_access:
+        for net in _family(rules.resolvers, version):
+            out += [f"-A {chain} -d {net} -p {proto} --dport 53 -j {allow}" for proto in ("udp", "tcp")]
+    out += [f"-A {chain} -d {net} -j {allow}" for net in _family(rules.allow, version)]
+    if rules.allow or not rules.allow_internet_access:
+        out.append(f"-A {chain} {drop}")
+    return out
+
+
 def ruleset(rules: EgressRules, version: int) -> str:
     """The `iptables-restore` input (filter table) for one address family (4 or 6)."""
     reject = "icmp-admin-prohibited" if version == 4 else "icmp6-adm-prohibited"
     lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
     if not rules.unrestricted:
-        lines += ["-A OUTPUT -o lo -j ACCEPT",
-                  "-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]
-        lines += [f"-A OUTPUT -d {net} -j REJECT --reject-with {reject}" for net in _family(rules.deny, version)]
-        if rules.allow and rules.allow_internet_access:
-            for net in _family(rules.resolvers, version):
-                lines += [f"-A OUTPUT -d {net} -p {proto} --dport 53 -j ACCEPT" for proto in ("udp", "tcp")]
-        lines += [f"-A OUTPUT -d {net} -j ACCEPT" for net in _family(rules.allow, version)]
-        if rules.allow or not rules.allow_internet_access:
-            lines.append(f"-A OUTPUT -j REJECT --reject-with {reject}")
+        lines += ["-A OUTPUT -o lo -j ACCEPT", *policy_rules("OUTPUT", rules, version, "ACCEPT", reject)]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 

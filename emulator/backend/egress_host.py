@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from emulator.backend.base import ContainerState
-from emulator.backend.egress import EgressRules, Network
+from emulator.backend.egress import EgressRules, policy_rules
 from emulator.errors import EmulatorError
 
 PARENT = "TLE-EGRESS"
@@ -97,22 +97,9 @@ def chain_name(instance: str, sandbox_id: str) -> str:
     return f"{CHAIN_PREFIX}{instance[:8]}-{hashlib.sha256(sandbox_id.encode()).hexdigest()[:13]}"
 
 
-def _family(nets: Iterable[Network], version: int) -> list[Network]:
-    return [n for n in nets if n.version == version]
-
-
 def chain_rules(chain: str, rules: EgressRules, version: int) -> list[str]:
     """The `-A <chain> ...` lines of the sandbox's chain for one address family (4 or 6); the order above."""
-    reject = f"-j REJECT --reject-with {REJECT_WITH[version]}"
-    out = [f"-A {chain} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN"]
-    out += [f"-A {chain} -d {net} {reject}" for net in _family(rules.deny, version)]
-    if rules.allow and rules.allow_internet_access:
-        for net in _family(rules.resolvers, version):
-            out += [f"-A {chain} -d {net} -p {proto} --dport 53 -j RETURN" for proto in ("udp", "tcp")]
-    out += [f"-A {chain} -d {net} -j RETURN" for net in _family(rules.allow, version)]
-    if rules.allow or not rules.allow_internet_access:
-        out.append(f"-A {chain} {reject}")
-    return out
+    return policy_rules(chain, rules, version, "RETURN", REJECT_WITH[version])
 
 
 def jump_rules(chain: str, sandbox_id: str, addrs: Addresses, version: int) -> list[str]:
